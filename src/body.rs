@@ -1,0 +1,94 @@
+//! Body types on the proxy path. Bodies are streamed frame by frame in both directions (never
+//! buffered whole), and counted for the access log.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// Shared progress of a request body: bytes forwarded and whether it ended.
+#[derive(Debug, Default)]
+pub struct BodyProgress {
+    pub bytes: AtomicU64,
+    pub done: AtomicBool,
+}
+
+impl BodyProgress {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
+    }
+}
+
+/// The request body sent upstream: the downstream body, counted.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    progress: Arc<BodyProgress>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, progress: Arc<BodyProgress>) -> Self {
+        let done = inner.is_end_stream();
+        if done {
+            progress.done.store(true, Ordering::Relaxed);
+        }
+        RequestBody {
+            inner: (!done).then_some(inner),
+            progress,
+        }
+    }
+
+    pub fn empty(progress: Arc<BodyProgress>) -> Self {
+        progress.done.store(true, Ordering::Relaxed);
+        RequestBody {
+            inner: None,
+            progress,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.progress
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                self.progress.done.store(true, Ordering::Relaxed);
+                self.inner = None;
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}

@@ -1,0 +1,1427 @@
+//! The validated runtime model, and loading it from files.
+//!
+//! Raw YAML (egret's native schema in [`native`], Istio manifests in [`istio`]) is parsed into
+//! serde shapes ([`spec`]), then lowered into one [`Config`]: listeners with route tables,
+//! clusters (`outbound|PORT|SUBSET|HOST`) with their endpoints and TLS policy. Every problem found
+//! on the way is collected ([`diag`]) so a broken config is reported in one run, and a config
+//! with errors is never used.
+
+pub mod diag;
+pub mod istio;
+pub mod native;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use diag::{ConfigError, Origin, Problem, Problems, Severity};
+
+use crate::route::{
+    ClusterId, Fallback, HttpRoute, PortSource, RouteAction, RouteTable, VirtualHost,
+    WeightedClusters,
+};
+use spec::{EndpointSpec, TlsModeSpec, TlsSpec, TrafficPolicySpec};
+
+/// The address egret's outbound listener uses when nothing else is configured.
+pub const DEFAULT_OUTBOUND_LISTEN: &str = "127.0.0.1:15001";
+/// Envoy's and Istio's default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled upstream connection is kept. Envoy keeps them for an hour, which
+/// outlives most servers' keep-alive (nginx 75 s, AWS ALB 60 s) and produces the classic
+/// "503 UC on a stale connection"; 45 s stays under the common server values.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The embedded default configuration (`egret` with no `--config`).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.yaml");
+pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded default>";
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub outbound_policy: OutboundPolicy,
+    pub dns: DnsConfig,
+    pub access_log: AccessLogConfig,
+    pub upstream_overrides: UpstreamOverrides,
+    /// Warnings found while loading (errors never make it into a `Config`).
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub routes: Arc<RouteTable>,
+    /// Gateways append the peer to `x-forwarded-for` (Envoy `use_remote_address: true`).
+    pub use_remote_address: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundPolicy {
+    RegistryOnly,
+    AllowAny,
+}
+
+impl OutboundPolicy {
+    pub const NAMES: [&'static str; 2] = ["REGISTRY_ONLY", "ALLOW_ANY"];
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "REGISTRY_ONLY" => Ok(OutboundPolicy::RegistryOnly),
+            "ALLOW_ANY" => Ok(OutboundPolicy::AllowAny),
+            other => Err(match diag::suggest(other, Self::NAMES) {
+                Some(s) => format!(
+                    "unknown outbound traffic policy \"{other}\"; expected REGISTRY_ONLY or ALLOW_ANY (did you mean \"{s}\"?)"
+                ),
+                None => format!(
+                    "unknown outbound traffic policy \"{other}\"; expected REGISTRY_ONLY or ALLOW_ANY"
+                ),
+            }),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundPolicy::RegistryOnly => "REGISTRY_ONLY",
+            OutboundPolicy::AllowAny => "ALLOW_ANY",
+        }
+    }
+}
+
+/// The protocol of a service port (`ServiceEntry.ports[].protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    GrpcWeb,
+    Https,
+    Tls,
+    Tcp,
+    Mongo,
+    Redis,
+    Mysql,
+    /// No protocol given and none inferable: Istio sniffs; egret's HTTP listeners treat it as HTTP.
+    Unspecified,
+}
+
+impl Protocol {
+    pub const NAMES: [&'static str; 10] = [
+        "HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "TCP", "TLS", "REDIS", "MYSQL",
+    ];
+
+    pub fn parse(s: &str) -> Option<Protocol> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "HTTP" => Protocol::Http,
+            "HTTP2" => Protocol::Http2,
+            "GRPC" => Protocol::Grpc,
+            "GRPC-WEB" => Protocol::GrpcWeb,
+            "HTTPS" => Protocol::Https,
+            "TLS" => Protocol::Tls,
+            "TCP" => Protocol::Tcp,
+            "MONGO" => Protocol::Mongo,
+            "REDIS" => Protocol::Redis,
+            "MYSQL" => Protocol::Mysql,
+            _ => return None,
+        })
+    }
+
+    /// Istio's port-name convention: `http-foo` is HTTP, `tcp-kafka` is TCP, `grpc-web-x` is
+    /// gRPC-Web.
+    pub fn from_port_name(name: &str) -> Option<Protocol> {
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with("grpc-web") {
+            return Some(Protocol::GrpcWeb);
+        }
+        let prefix = lower.split('-').next().unwrap_or("");
+        match prefix {
+            "http" => Some(Protocol::Http),
+            "http2" => Some(Protocol::Http2),
+            "https" => Some(Protocol::Https),
+            "grpc" => Some(Protocol::Grpc),
+            "tcp" => Some(Protocol::Tcp),
+            "tls" => Some(Protocol::Tls),
+            "mongo" => Some(Protocol::Mongo),
+            "redis" => Some(Protocol::Redis),
+            "mysql" => Some(Protocol::Mysql),
+            _ => None,
+        }
+    }
+
+    /// Ports whose traffic egret's HTTP listeners route.
+    pub fn is_http(self) -> bool {
+        matches!(
+            self,
+            Protocol::Http
+                | Protocol::Http2
+                | Protocol::Grpc
+                | Protocol::GrpcWeb
+                | Protocol::Unspecified
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "HTTP",
+            Protocol::Http2 => "HTTP2",
+            Protocol::Grpc => "GRPC",
+            Protocol::GrpcWeb => "GRPC-WEB",
+            Protocol::Https => "HTTPS",
+            Protocol::Tls => "TLS",
+            Protocol::Tcp => "TCP",
+            Protocol::Mongo => "MONGO",
+            Protocol::Redis => "REDIS",
+            Protocol::Mysql => "MYSQL",
+            Protocol::Unspecified => "UNSPECIFIED",
+        }
+    }
+}
+
+/// An upstream cluster: one host and service port of a declared destination (or the
+/// passthrough cluster).
+#[derive(Debug)]
+pub struct Cluster {
+    /// `outbound|PORT|SUBSET|HOST` (or `PassthroughCluster`).
+    pub name: String,
+    /// The declared host (`www.oracle.com`, `*.example.com`, `*`), or `-` for passthrough.
+    pub host: String,
+    /// The service port (`ports[].number`); the connect port may differ (`targetPort`).
+    pub port: u16,
+    pub protocol: Protocol,
+    pub endpoints: Endpoints,
+    /// `None` = plaintext (DISABLE).
+    pub tls: Option<Arc<TlsPolicy>>,
+    pub lb: LbPolicy,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// 0 = unlimited.
+    pub max_requests_per_connection: u32,
+    /// Circuit breaker: most upstream connections at once (`None` = unlimited).
+    pub max_connections: Option<u32>,
+    /// Where the cluster was declared, for messages.
+    pub origin: String,
+}
+
+impl Cluster {
+    /// Whether the DNS name / SNI comes from the request (wildcard hosts and passthrough).
+    pub fn host_from_request(&self) -> bool {
+        matches!(&self.endpoints, Endpoints::Dns(eps) if eps.iter().any(|e| e.name.is_none()))
+    }
+
+    /// A short description of where connections go, for `egret check` and `/clusters`.
+    pub fn describe_endpoints(&self) -> String {
+        match &self.endpoints {
+            Endpoints::Static(addrs) => addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            Endpoints::Dns(eps) => eps
+                .iter()
+                .map(|e| {
+                    let name = e.name.as_deref().unwrap_or("<request host>");
+                    match e.port {
+                        Some(p) => format!("{name}:{p}"),
+                        None => format!("{name}:<request port>"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Names resolved through DNS (`resolution: DNS`).
+    Dns(Vec<DnsEndpoint>),
+    /// Fixed addresses (`resolution: STATIC`).
+    Static(Vec<SocketAddr>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsEndpoint {
+    /// `None`: the request's host (wildcard destinations, passthrough).
+    pub name: Option<String>,
+    /// `None`: the request's port (passthrough).
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    Random,
+    LeastRequest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    Simple,
+    Mutual,
+}
+
+/// Where trust anchors for the upstream's certificate come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TrustRoots {
+    /// Mozilla's roots as shipped in `webpki-roots` (default).
+    WebPki,
+    /// The operating system's store (`caCertificates: system`).
+    System,
+    /// A PEM bundle (`caCertificates: /path`).
+    File(PathBuf),
+}
+
+/// A client TLS policy (`ClientTLSSettings` after validation). Paths only; the material is
+/// read by `tls.rs` when the runtime is built.
+#[derive(Clone, Debug)]
+pub struct TlsPolicy {
+    pub mode: TlsMode,
+    pub roots: TrustRoots,
+    /// MUTUAL: certificate chain and key files.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub crl: Option<PathBuf>,
+    /// Explicit SNI; `None` = the routed host (never an IP).
+    pub sni: Option<String>,
+    /// Names the server certificate must carry (any one of them); empty = the SNI name.
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
+    /// Where the policy was written, e.g. `config.yaml: destinations[0].trafficPolicy.tls`.
+    pub origin: String,
+}
+
+impl TlsPolicy {
+    /// The parts of the policy that shape a rustls `ClientConfig` (SNI is chosen per connection).
+    pub fn material_key(&self) -> impl std::hash::Hash + Eq + use<> {
+        (
+            self.mode == TlsMode::Mutual,
+            self.roots.clone(),
+            self.client_cert.clone(),
+            self.crl.clone(),
+            self.subject_alt_names.clone(),
+            self.insecure_skip_verify,
+        )
+    }
+
+    pub fn mode_str(&self) -> &'static str {
+        match self.mode {
+            TlsMode::Simple => "SIMPLE",
+            TlsMode::Mutual => "MUTUAL",
+        }
+    }
+
+    pub fn describe_roots(&self) -> String {
+        if self.insecure_skip_verify {
+            return "NOT VERIFIED (insecureSkipVerify)".into();
+        }
+        match &self.roots {
+            TrustRoots::WebPki => "webpki roots".into(),
+            TrustRoots::System => "system roots".into(),
+            TrustRoots::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers; empty = the system's (`/etc/resolv.conf`), always with `/etc/hosts`.
+    pub servers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub attempts: usize,
+    /// Answers are cached for their TTL, clamped to these bounds.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub family: IpFamily,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(300),
+            family: IpFamily::Any,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpFamily {
+    /// IPv4 and IPv6 answers, IPv4 first.
+    Any,
+    V4Only,
+    V6Only,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLogPath {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub path: AccessLogPath,
+    pub encoding: crate::access_log::Encoding,
+    /// A TEXT format string, or for JSON a JSON object of format strings; `None` = Istio's
+    /// default for the encoding.
+    pub format: Option<String>,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            path: AccessLogPath::Stdout,
+            encoding: crate::access_log::Encoding::Text,
+            format: None,
+        }
+    }
+}
+
+impl AccessLogConfig {
+    pub fn parse_path(s: &str) -> AccessLogPath {
+        match s {
+            "-" | "/dev/stdout" => AccessLogPath::Stdout,
+            "" | "off" => AccessLogPath::Off,
+            p => AccessLogPath::File(PathBuf::from(p)),
+        }
+    }
+}
+
+/// Connect-time overrides from the command line (`--resolve`, `--connect-to`), like curl's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamOverrides {
+    /// Lowercase host -> addresses, used instead of DNS.
+    pub resolve: HashMap<String, Vec<IpAddr>>,
+    pub connect_to: Vec<ConnectTo>,
+}
+
+/// `--connect-to HOST:PORT=IP:PORT`: connect to `to` instead, keeping Host, SNI and the name
+/// verified. An empty HOST or PORT matches any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectTo {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub to: SocketAddr,
+}
+
+impl ConnectTo {
+    pub fn parse(s: &str) -> Result<ConnectTo, String> {
+        let (from, to) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--connect-to \"{s}\": expected HOST:PORT=IP:PORT"))?;
+        let (host, port) = from
+            .rsplit_once(':')
+            .ok_or_else(|| format!("--connect-to \"{s}\": expected HOST:PORT=IP:PORT"))?;
+        let port =
+            if port.is_empty() {
+                None
+            } else {
+                Some(port.parse::<u16>().map_err(|_| {
+                    format!("--connect-to \"{s}\": \"{port}\" is not a port number")
+                })?)
+            };
+        let to: SocketAddr = to.parse().map_err(|_| {
+            format!(
+                "--connect-to \"{s}\": \"{to}\" is not IP:PORT (e.g. 127.0.0.1:8443 or [::1]:8443)"
+            )
+        })?;
+        let host = (!host.is_empty()).then(|| host.trim_matches(['[', ']']).to_ascii_lowercase());
+        Ok(ConnectTo { host, port, to })
+    }
+
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.host
+            .as_deref()
+            .is_none_or(|h| h.eq_ignore_ascii_case(host))
+            && self.port.is_none_or(|p| p == port)
+    }
+}
+
+impl UpstreamOverrides {
+    /// Parses `HOST=IP[,IP]` (`--resolve`).
+    pub fn parse_resolve(s: &str) -> Result<(String, Vec<IpAddr>), String> {
+        let (host, ips) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--resolve \"{s}\": expected HOST=IP[,IP]"))?;
+        if host.is_empty() {
+            return Err(format!("--resolve \"{s}\": the host is empty"));
+        }
+        let ips = ips
+            .split(',')
+            .map(|ip| {
+                ip.trim()
+                    .trim_matches(['[', ']'])
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("--resolve \"{s}\": \"{ip}\" is not an IP address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((host.to_ascii_lowercase(), ips))
+    }
+
+    /// Where to connect for `host:port`, if an override applies.
+    pub fn connect_to(&self, host: &str, port: u16) -> Option<SocketAddr> {
+        self.connect_to
+            .iter()
+            .find(|c| c.matches(host, port))
+            .map(|c| c.to)
+    }
+}
+
+/// Settings given on the command line; they win over the files.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub outbound_listen: Option<SocketAddr>,
+    pub dns_servers: Vec<SocketAddr>,
+    pub upstream: UpstreamOverrides,
+    pub outbound_policy: Option<OutboundPolicy>,
+    pub access_log: Option<String>,
+    pub istio: istio::IstioOptions,
+}
+
+/// One configuration input: a name for messages and its text.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+    /// Directory that relative paths in this source are resolved against.
+    pub base_dir: Option<PathBuf>,
+    /// Template parameters that apply to this source only (`--param-file` after `--config`).
+    pub params: Vec<(String, String)>,
+}
+
+impl Source {
+    pub fn embedded_default() -> Source {
+        Source {
+            name: EMBEDDED_DEFAULT_NAME.into(),
+            text: EMBEDDED_DEFAULT.into(),
+            base_dir: None,
+            params: Vec::new(),
+        }
+    }
+
+    pub fn inline(name: &str, text: &str) -> Source {
+        Source {
+            name: name.into(),
+            text: text.into(),
+            base_dir: None,
+            params: Vec::new(),
+        }
+    }
+}
+
+/// Reads files and directories (`*.yaml`, `*.yml`, `*.json`, sorted by name) into sources.
+pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>, ConfigError> {
+    let mut out = Vec::new();
+    let mut problems = Problems::default();
+    for path in paths {
+        let origin = Origin::file(path.display().to_string());
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                problems.error(
+                    &origin,
+                    "",
+                    format!("cannot read the configuration: {e}"),
+                    Some("check the --config path".into()),
+                );
+                continue;
+            }
+        };
+        let files = if meta.is_dir() {
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(path) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.extension()
+                            .and_then(|e| e.to_str())
+                            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+                    })
+                    .collect(),
+                Err(e) => {
+                    problems.error(&origin, "", format!("cannot list the directory: {e}"), None);
+                    continue;
+                }
+            };
+            files.sort();
+            if files.is_empty() {
+                problems.error(
+                    &origin,
+                    "",
+                    "the directory holds no *.yaml, *.yml or *.json file",
+                    None,
+                );
+            }
+            files
+        } else {
+            vec![path.clone()]
+        };
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => out.push(Source {
+                    name: file.display().to_string(),
+                    text,
+                    base_dir: file.parent().map(Path::to_path_buf),
+                    params: Vec::new(),
+                }),
+                Err(e) => problems.error(
+                    &Origin::file(file.display().to_string()),
+                    "",
+                    format!("cannot read the file: {e}"),
+                    None,
+                ),
+            }
+        }
+    }
+    if problems.has_errors() {
+        return Err(ConfigError {
+            problems: problems.list,
+        });
+    }
+    Ok(out)
+}
+
+/// Parses, lowers and validates the sources into one `Config`.
+pub fn load(sources: &[Source], overrides: &Overrides) -> Result<Config, ConfigError> {
+    let mut problems = Problems::default();
+    let mut model = Model::default();
+    for source in sources {
+        if istio::looks_like_kubernetes(&source.text) {
+            istio::parse_source(source, &overrides.istio, &mut model, &mut problems);
+        } else {
+            native::parse_source(source, &mut model, &mut problems);
+        }
+    }
+    istio::resolve(&mut model, &overrides.istio, &mut problems);
+    let config = build(model, overrides, &mut problems);
+    if problems.has_errors() {
+        return Err(ConfigError {
+            problems: problems.list,
+        });
+    }
+    let mut config = config;
+    config.warnings = problems.list;
+    Ok(config)
+}
+
+/// The front ends' common intermediate form: declared services and their traffic policies,
+/// listeners and global settings, each with its origin.
+#[derive(Debug, Default)]
+pub struct Model {
+    pub services: Vec<ServiceDecl>,
+    pub listeners: Vec<ListenerDecl>,
+    pub outbound_policy: Option<(OutboundPolicy, Origin)>,
+    pub dns: Option<(DnsConfig, Origin)>,
+    pub access_log: Option<(AccessLogConfig, Origin)>,
+    /// Routing produced by Istio VirtualServices/Gateways; `None` = default routes only.
+    pub istio: Option<istio::Routing>,
+}
+
+/// One declared host with its ports (a ServiceEntry host, or a native destination host).
+#[derive(Debug, Clone)]
+pub struct ServiceDecl {
+    pub host: String,
+    pub ports: Vec<PortDecl>,
+    pub resolution: Resolution,
+    pub endpoints: Vec<EndpointSpec>,
+    pub origin: Origin,
+    /// Field path of the declaration (`destinations[0]`, `spec`).
+    pub path: String,
+    pub policy: Option<PolicyDecl>,
+    /// Request timeout for the default route (native `timeout`).
+    pub timeout: Option<Duration>,
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PortDecl {
+    pub number: u16,
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    pub target_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Dns,
+    DnsRoundRobin,
+    Static,
+    None,
+}
+
+/// A traffic policy (DestinationRule `trafficPolicy`, or a native destination's) with its origin.
+#[derive(Debug, Clone)]
+pub struct PolicyDecl {
+    pub spec: TrafficPolicySpec,
+    pub origin: Origin,
+    /// Field path of the `trafficPolicy` key.
+    pub path: String,
+    /// Directory relative file paths are resolved against.
+    pub base_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerDecl {
+    pub name: String,
+    pub address: SocketAddr,
+    /// `Some(port)`: route as that port whatever the Host says (a per-port listener).
+    pub port: Option<u16>,
+    pub origin: Origin,
+}
+
+/// Lowers the model into a `Config`, checking everything that needs the whole picture.
+fn build(model: Model, overrides: &Overrides, problems: &mut Problems) -> Config {
+    let outbound_policy = overrides
+        .outbound_policy
+        .or(model.outbound_policy.as_ref().map(|(p, _)| *p))
+        .unwrap_or(OutboundPolicy::RegistryOnly);
+
+    let mut dns = model.dns.map(|(d, _)| d).unwrap_or_default();
+    if !overrides.dns_servers.is_empty() {
+        dns.servers = overrides.dns_servers.clone();
+    }
+    let (mut access_log, log_origin) = model.access_log.unwrap_or_else(|| {
+        (
+            AccessLogConfig::default(),
+            Origin::file(EMBEDDED_DEFAULT_NAME),
+        )
+    });
+    if let Some(path) = &overrides.access_log {
+        access_log.path = AccessLogConfig::parse_path(path);
+    }
+    if let Err(e) =
+        crate::access_log::LogFormat::from_mesh(access_log.encoding, access_log.format.as_deref())
+    {
+        problems.error(
+            &log_origin,
+            "accessLogFormat",
+            e,
+            Some(
+                "see the operator list in the README; Envoy's syntax is %OPERATOR(ARG):MAXLEN%"
+                    .into(),
+            ),
+        );
+    }
+
+    // Clusters: one per (host, service port) of every declared service.
+    let mut clusters: Vec<Arc<Cluster>> = Vec::new();
+    let mut by_name: HashMap<String, ClusterId> = HashMap::new();
+    let mut tls_cache: HashMap<String, Option<Arc<TlsPolicy>>> = HashMap::new();
+    let mut default_routes: Vec<(u16, String, ClusterId, Option<Duration>, String)> = Vec::new();
+    for svc in &model.services {
+        for port in &svc.ports {
+            let cluster = lower_cluster(svc, port, None, problems, &mut tls_cache);
+            let Some(cluster) = cluster else { continue };
+            if let Some(&prev) = by_name.get(&cluster.name) {
+                problems.error(
+                    &svc.origin,
+                    format!("{}.ports[number={}]", svc.path, port.number),
+                    format!(
+                        "host {} port {} is declared twice (also by {})",
+                        svc.host, port.number, clusters[prev].origin
+                    ),
+                    Some("declare each host and port once; merge the two entries".into()),
+                );
+                continue;
+            }
+            let id = clusters.len();
+            by_name.insert(cluster.name.clone(), id);
+            if port.protocol.is_http() {
+                default_routes.push((
+                    port.number,
+                    svc.host.clone(),
+                    id,
+                    svc.timeout,
+                    cluster.origin.clone(),
+                ));
+            }
+            clusters.push(Arc::new(cluster));
+        }
+    }
+
+    // The passthrough cluster (ALLOW_ANY): the request's host and port, plaintext.
+    let passthrough = clusters.len();
+    clusters.push(Arc::new(Cluster {
+        name: "PassthroughCluster".into(),
+        host: "-".into(),
+        port: 0,
+        protocol: Protocol::Http,
+        endpoints: Endpoints::Dns(vec![DnsEndpoint {
+            name: None,
+            port: None,
+        }]),
+        tls: None,
+        lb: LbPolicy::RoundRobin,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        max_requests_per_connection: 0,
+        max_connections: None,
+        origin: "outbound traffic policy ALLOW_ANY".into(),
+    }));
+    let fallback = match outbound_policy {
+        OutboundPolicy::RegistryOnly => Fallback::BlockAll,
+        OutboundPolicy::AllowAny => Fallback::AllowAny(passthrough),
+    };
+
+    // Listeners.
+    let mut listeners = Vec::new();
+    let mut decls = model.listeners.clone();
+    if decls.is_empty()
+        && model
+            .istio
+            .as_ref()
+            .is_none_or(|r| !r.has_gateway_listeners())
+    {
+        decls.push(ListenerDecl {
+            name: "outbound".into(),
+            address: DEFAULT_OUTBOUND_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 15001))),
+            port: None,
+            origin: Origin::file(EMBEDDED_DEFAULT_NAME),
+        });
+    }
+    if let Some(addr) = overrides.outbound_listen {
+        match decls.iter_mut().find(|l| l.port.is_none()) {
+            Some(l) => l.address = addr,
+            None => decls.push(ListenerDecl {
+                name: "outbound".into(),
+                address: addr,
+                port: None,
+                origin: Origin::file("<command line>"),
+            }),
+        }
+    }
+    let mut seen_addrs: HashMap<SocketAddr, String> = HashMap::new();
+    for decl in &decls {
+        if let Some(prev) = seen_addrs.insert(decl.address, decl.name.clone()) {
+            problems.error(
+                &decl.origin,
+                "listeners",
+                format!(
+                    "listener \"{}\" and listener \"{prev}\" both use {}",
+                    decl.name, decl.address
+                ),
+                Some("give each listener its own address or port".into()),
+            );
+        }
+        let port_source = decl.port.map_or(PortSource::Request, PortSource::Fixed);
+        let mut table = RouteTable::new(port_source, fallback.clone());
+        let routes = match &model.istio {
+            Some(r) if r.has_routes() => {
+                r.sidecar_routes(&mut table, &by_name, decl.port, problems);
+                &[][..]
+            }
+            _ => &default_routes[..],
+        };
+        add_default_routes(&mut table, routes, decl.port, problems);
+        listeners.push(Listener {
+            name: decl.name.clone(),
+            address: decl.address,
+            routes: Arc::new(table),
+            use_remote_address: false,
+        });
+    }
+    if let Some(r) = &model.istio {
+        r.gateway_listeners(&mut listeners, &by_name, &default_routes, problems);
+    }
+
+    Config {
+        listeners,
+        clusters,
+        outbound_policy,
+        dns,
+        access_log,
+        upstream_overrides: overrides.upstream.clone(),
+        warnings: Vec::new(),
+    }
+}
+
+/// Adds the route Istio generates when no VirtualService applies: every request for the host
+/// and port goes to its cluster (route name `default`).
+pub(crate) fn add_default_routes(
+    table: &mut RouteTable,
+    routes: &[(u16, String, ClusterId, Option<Duration>, String)],
+    only_port: Option<u16>,
+    problems: &mut Problems,
+) {
+    for (port, host, cluster, timeout, origin) in routes {
+        if only_port.is_some_and(|p| p != *port) {
+            continue;
+        }
+        let vhosts = table.vhosts_mut(*port);
+        if let Some(existing) = vhosts.get_mut(host) {
+            // Another declaration already routes this host and port (reported as a duplicate
+            // cluster), or a VirtualService owns it: keep the first.
+            let _ = existing;
+            continue;
+        }
+        let inserted = vhosts.insert(VirtualHost {
+            name: format!("{host}:{port}"),
+            domain: host.clone(),
+            routes: vec![HttpRoute {
+                name: Some(Arc::from("default")),
+                matches: Vec::new(),
+                action: RouteAction::Forward(WeightedClusters::single(*cluster)),
+                timeout: *timeout,
+            }],
+        });
+        if !inserted {
+            problems.error(
+                &Origin::file(origin.clone()),
+                "",
+                format!("host {host} port {port} is routed twice"),
+                None,
+            );
+        }
+    }
+}
+
+/// Builds the cluster for one host and port, applying the destination's traffic policy
+/// (port-level settings win wholesale, as in Istio).
+pub(crate) fn lower_cluster(
+    svc: &ServiceDecl,
+    port: &PortDecl,
+    subset: Option<(&str, &TrafficPolicySpec)>,
+    problems: &mut Problems,
+    tls_cache: &mut HashMap<String, Option<Arc<TlsPolicy>>>,
+) -> Option<Cluster> {
+    let name = format!(
+        "outbound|{}|{}|{}",
+        port.number,
+        subset.map_or("", |(s, _)| s),
+        svc.host
+    );
+    let target_port = port.target_port.unwrap_or(port.number);
+    let wildcard = svc.host.starts_with('*');
+
+    // Effective policy: port-level entry for this service port, else the top level. A subset's
+    // policy overrides field by field.
+    let mut tls_spec: Option<(TlsSpec, String)> = None;
+    let mut pool = None;
+    let mut lb = None;
+    let mut policy_origin = None;
+    let mut apply =
+        |tp: &TrafficPolicySpec, path: &str, origin: &Origin, base: &Option<PathBuf>| {
+            let port_level = tp
+                .port_level_settings
+                .iter()
+                .enumerate()
+                .find(|(_, p)| p.port.number == u32::from(port.number));
+            if let Some((i, pl)) = port_level {
+                tls_spec = pl
+                    .tls
+                    .clone()
+                    .map(|t| (t, format!("{path}.portLevelSettings[{i}].tls")));
+                pool = pl.connection_pool.clone();
+                lb = pl.load_balancer.clone();
+            } else {
+                if tp.tls.is_some() {
+                    tls_spec = tp.tls.clone().map(|t| (t, format!("{path}.tls")));
+                }
+                if tp.connection_pool.is_some() {
+                    pool = tp.connection_pool.clone();
+                }
+                if tp.load_balancer.is_some() {
+                    lb = tp.load_balancer.clone();
+                }
+            }
+            policy_origin = Some((origin.clone(), base.clone()));
+        };
+    if let Some(p) = &svc.policy {
+        apply(&p.spec, &p.path, &p.origin, &p.base_dir);
+    }
+    if let (Some((sname, stp)), Some(p)) = (subset, &svc.policy) {
+        apply(
+            stp,
+            &format!(
+                "{}.subsets[name={sname}].trafficPolicy",
+                p.path.trim_end_matches(".trafficPolicy")
+            ),
+            &p.origin,
+            &p.base_dir,
+        );
+    }
+
+    let tls = match (&tls_spec, &policy_origin) {
+        (Some((spec, path)), Some((origin, base))) => {
+            let key = format!("{origin}|{path}");
+            match tls_cache.get(&key) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = lower_tls(spec, origin, path, base.as_deref(), problems);
+                    tls_cache.insert(key, t.clone());
+                    t
+                }
+            }
+        }
+        _ => None,
+    };
+    if tls.is_some()
+        && matches!(port.protocol, Protocol::Https | Protocol::Tls)
+        && svc.policy.is_some()
+    {
+        // Only meaningful when the app already speaks TLS to this port: egret would wrap TLS in
+        // TLS. Gateways legitimately originate TLS to an HTTPS port (the route sends plain HTTP
+        // there), so this is a warning.
+        problems.warn(
+            &svc.origin,
+            format!("{}.ports[number={}]", svc.path, port.number),
+            format!(
+                "port {} of {} is declared {} and the traffic policy originates TLS to it; an app that already speaks TLS to this port would get TLS inside TLS",
+                port.number,
+                svc.host,
+                port.protocol.as_str()
+            ),
+            Some("fine when plain HTTP is routed to this port (egress gateway); otherwise declare the port HTTP and let egret do the TLS".into()),
+        );
+    }
+
+    let endpoints = match svc.resolution {
+        Resolution::Static => {
+            let mut addrs = Vec::new();
+            for (i, ep) in svc.endpoints.iter().enumerate() {
+                let Ok(ip) = ep.address.parse::<IpAddr>() else {
+                    problems.error(
+                        &svc.origin,
+                        format!("{}.endpoints[{i}].address", svc.path),
+                        format!(
+                            "\"{}\" is not an IP address, which resolution STATIC needs",
+                            ep.address
+                        ),
+                        Some("use an IP address, or set resolution: DNS for host names".into()),
+                    );
+                    continue;
+                };
+                let p = endpoint_port(ep, port, target_port);
+                addrs.push(SocketAddr::new(ip, p));
+            }
+            if svc.endpoints.is_empty() {
+                problems.error(
+                    &svc.origin,
+                    format!("{}.endpoints", svc.path),
+                    "resolution STATIC needs at least one endpoint",
+                    Some("add endpoints with IP addresses, or use resolution: DNS".into()),
+                );
+            }
+            Endpoints::Static(addrs)
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin | Resolution::None => {
+            if svc.endpoints.is_empty() {
+                Endpoints::Dns(vec![DnsEndpoint {
+                    name: (!wildcard).then(|| svc.host.clone()),
+                    port: Some(target_port),
+                }])
+            } else {
+                Endpoints::Dns(
+                    svc.endpoints
+                        .iter()
+                        .map(|ep| DnsEndpoint {
+                            name: Some(ep.address.to_ascii_lowercase()),
+                            port: Some(endpoint_port(ep, port, target_port)),
+                        })
+                        .collect(),
+                )
+            }
+        }
+    };
+
+    let (connect_timeout, idle_timeout, max_rpc, max_conns) = match &pool {
+        Some(p) => {
+            let tcp = p.tcp.clone().unwrap_or_default();
+            let http = p.http.clone().unwrap_or_default();
+            (
+                tcp.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+                http.idle_timeout
+                    .or(tcp.idle_timeout)
+                    .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+                http.max_requests_per_connection.unwrap_or(0),
+                tcp.max_connections,
+            )
+        }
+        None => (DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, 0, None),
+    };
+    let lb = match lb.and_then(|l| l.simple) {
+        Some(spec::SimpleLbSpec::Random) => LbPolicy::Random,
+        Some(spec::SimpleLbSpec::LeastRequest | spec::SimpleLbSpec::LeastConn) => {
+            LbPolicy::LeastRequest
+        }
+        _ => LbPolicy::RoundRobin,
+    };
+
+    Some(Cluster {
+        name,
+        host: svc.host.clone(),
+        port: port.number,
+        protocol: port.protocol,
+        endpoints,
+        tls,
+        lb,
+        connect_timeout,
+        idle_timeout,
+        max_requests_per_connection: max_rpc,
+        max_connections: max_conns,
+        origin: format!("{}: {}", svc.origin, svc.path),
+    })
+}
+
+/// Endpoint port precedence (pilot): `endpoints[].ports[<port name>]` > `targetPort` > `number`.
+fn endpoint_port(ep: &EndpointSpec, port: &PortDecl, target_port: u16) -> u16 {
+    port.name
+        .as_ref()
+        .and_then(|n| ep.ports.get(n))
+        .and_then(|p| u16::try_from(*p).ok())
+        .unwrap_or(target_port)
+}
+
+/// Validates a `ClientTLSSettings` block. Returns `None` for DISABLE (and on error).
+pub(crate) fn lower_tls(
+    spec: &TlsSpec,
+    origin: &Origin,
+    path: &str,
+    base_dir: Option<&Path>,
+    problems: &mut Problems,
+) -> Option<Arc<TlsPolicy>> {
+    let resolve_path = |p: &str| -> PathBuf {
+        let pb = PathBuf::from(p);
+        match base_dir {
+            Some(dir) if pb.is_relative() => dir.join(pb),
+            _ => pb,
+        }
+    };
+    let has_material = spec.ca_certificates.is_some()
+        || spec.client_certificate.is_some()
+        || spec.private_key.is_some()
+        || spec.sni.is_some()
+        || !spec.subject_alt_names.is_empty()
+        || spec.credential_name.is_some();
+    let mode = match spec.mode {
+        Some(m) => m,
+        None if has_material => {
+            problems.error(
+                origin,
+                format!("{path}.mode"),
+                "tls has settings but no mode",
+                Some("set mode: SIMPLE (verify the server) or MUTUAL (also present a client certificate)".into()),
+            );
+            return None;
+        }
+        None => TlsModeSpec::Disable,
+    };
+    match mode {
+        TlsModeSpec::Disable => {
+            if has_material {
+                problems.warn(
+                    origin,
+                    format!("{path}.mode"),
+                    "mode is DISABLE, so the other tls settings are ignored and traffic is plaintext",
+                    Some("set mode: SIMPLE or MUTUAL to originate TLS".into()),
+                );
+            }
+            return None;
+        }
+        TlsModeSpec::IstioMutual => {
+            problems.error(
+                origin,
+                format!("{path}.mode"),
+                "ISTIO_MUTUAL needs an Istio mesh identity (SPIFFE certificates from istiod), which egret does not have",
+                Some("use mode: MUTUAL with clientCertificate, privateKey and caCertificates (or credentialName)".into()),
+            );
+            return None;
+        }
+        TlsModeSpec::Simple | TlsModeSpec::Mutual => {}
+    }
+    let mut ok = true;
+    let roots = match spec.ca_certificates.as_deref().map(str::trim) {
+        None | Some("") => TrustRoots::WebPki,
+        Some("system") => TrustRoots::System,
+        Some(p) => TrustRoots::File(resolve_path(p)),
+    };
+    if let Some(sni) = &spec.sni {
+        if sni.parse::<IpAddr>().is_ok() {
+            problems.error(
+                origin,
+                format!("{path}.sni"),
+                format!("\"{sni}\" is an IP address; SNI must be a host name"),
+                Some(
+                    "remove sni to send none for IP destinations, or use the server's host name"
+                        .into(),
+                ),
+            );
+            ok = false;
+        } else if rustls_pki_types::DnsName::try_from(sni.as_str()).is_err() {
+            problems.error(
+                origin,
+                format!("{path}.sni"),
+                format!("\"{sni}\" is not a valid DNS name"),
+                None,
+            );
+            ok = false;
+        }
+    }
+    for (i, san) in spec.subject_alt_names.iter().enumerate() {
+        if rustls_pki_types::ServerName::try_from(san.as_str()).is_err() {
+            problems.error(
+                origin,
+                format!("{path}.subjectAltNames[{i}]"),
+                format!("\"{san}\" is neither a DNS name nor an IP address"),
+                Some(
+                    "egret checks DNS and IP SANs; URI SANs (spiffe://...) are not supported"
+                        .into(),
+                ),
+            );
+            ok = false;
+        }
+    }
+    let skip = spec.insecure_skip_verify.unwrap_or(false);
+    if skip {
+        problems.warn(
+            origin,
+            format!("{path}.insecureSkipVerify"),
+            "the server certificate will NOT be verified for this destination: anyone on the path can impersonate it",
+            Some("remove insecureSkipVerify and put the server's root and intermediate CAs in caCertificates".into()),
+        );
+        if spec.ca_certificates.is_some() || !spec.subject_alt_names.is_empty() {
+            problems.warn(
+                origin,
+                format!("{path}.insecureSkipVerify"),
+                "caCertificates and subjectAltNames are ignored because insecureSkipVerify is true",
+                None,
+            );
+        }
+    }
+    let crl = spec.ca_crl.as_deref().map(resolve_path);
+    let client_cert = match mode {
+        TlsModeSpec::Mutual => {
+            if spec.credential_name.is_some() {
+                // Resolved by the Istio loader before this point; reaching here means it could
+                // not be.
+                None
+            } else {
+                match (&spec.client_certificate, &spec.private_key) {
+                    (Some(c), Some(k)) => Some((resolve_path(c), resolve_path(k))),
+                    (c, k) => {
+                        let missing = match (c, k) {
+                            (None, None) => "clientCertificate and privateKey are",
+                            (None, Some(_)) => "clientCertificate is",
+                            _ => "privateKey is",
+                        };
+                        problems.error(
+                            origin,
+                            path.to_string(),
+                            format!("mode MUTUAL but {missing} missing"),
+                            Some("MUTUAL presents a client certificate: set clientCertificate and privateKey (PEM files), or use mode: SIMPLE. egret never falls back to plaintext".into()),
+                        );
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        }
+        _ => {
+            if spec.client_certificate.is_some() || spec.private_key.is_some() {
+                problems.warn(
+                    origin,
+                    format!("{path}.clientCertificate"),
+                    "mode SIMPLE does not present a client certificate, so clientCertificate/privateKey are ignored",
+                    Some("use mode: MUTUAL to present it".into()),
+                );
+            }
+            None
+        }
+    };
+    if !ok {
+        return None;
+    }
+    Some(Arc::new(TlsPolicy {
+        mode: if mode == TlsModeSpec::Mutual {
+            TlsMode::Mutual
+        } else {
+            TlsMode::Simple
+        },
+        roots,
+        client_cert,
+        crl,
+        sni: spec.sni.clone(),
+        subject_alt_names: spec.subject_alt_names.clone(),
+        insecure_skip_verify: skip,
+        origin: format!("{origin}: {path}"),
+    }))
+}
+
+/// Checks a host as written in a destination / ServiceEntry.
+pub(crate) fn check_host(host: &str, allow_any: bool) -> Result<(), String> {
+    if host == "*" {
+        return if allow_any {
+            Ok(())
+        } else {
+            Err("\"*\" alone is not allowed; use a suffix such as *.example.com".into())
+        };
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if host.contains('*') && !host.starts_with("*.") {
+        return Err(format!(
+            "\"{host}\": a wildcard is only allowed as the first label (*.example.com)"
+        ));
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if name.is_empty()
+        || name.len() > 253
+        || !name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    {
+        return Err(format!("\"{host}\" is not a valid host name"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// The effective routing table, one line per route: what `egret check` prints.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "outbound traffic policy: {}",
+            self.outbound_policy.as_str()
+        );
+        for l in &self.listeners {
+            let ports = match l.routes.port_source {
+                PortSource::Request => "routes by the request's port".to_string(),
+                PortSource::Fixed(p) => format!("routes as port {p}"),
+            };
+            let _ = writeln!(out, "listener {} {} ({ports}):", l.name, l.address);
+            let mut ports: Vec<_> = l.routes.ports.keys().copied().collect();
+            ports.sort_unstable();
+            let _ = writeln!(
+                out,
+                "  {:<6} {:<40} {:<10} {:<48} {:<28} {:<7} {:<28} CA",
+                "PORT", "HOST", "ROUTE", "CLUSTER", "CONNECT", "TLS", "SNI"
+            );
+            for port in ports {
+                let vhosts = &l.routes.ports[&port];
+                for vh in &vhosts.hosts {
+                    for r in &vh.routes {
+                        let route = r.name.as_deref().unwrap_or("-");
+                        match &r.action {
+                            RouteAction::Direct { status, .. } => {
+                                let _ = writeln!(
+                                    out,
+                                    "  {port:<6} {:<40} {route:<10} direct response {status}",
+                                    vh.domain
+                                );
+                            }
+                            RouteAction::Forward(w) => {
+                                for wc in &w.clusters {
+                                    let c = &self.clusters[wc.cluster];
+                                    let (mode, sni, ca) = match &c.tls {
+                                        None => (
+                                            "DISABLE".to_string(),
+                                            "-".to_string(),
+                                            "-".to_string(),
+                                        ),
+                                        Some(t) => (
+                                            t.mode_str().to_string(),
+                                            t.sni.clone().unwrap_or_else(|| {
+                                                if c.host_from_request() {
+                                                    "<request host>".into()
+                                                } else {
+                                                    c.host.clone()
+                                                }
+                                            }),
+                                            t.describe_roots(),
+                                        ),
+                                    };
+                                    let _ = writeln!(
+                                        out,
+                                        "  {port:<6} {:<40} {route:<10} {:<48} {:<28} {mode:<7} {sni:<28} {ca}",
+                                        vh.domain,
+                                        c.name,
+                                        c.describe_endpoints()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let fallback = match &l.routes.fallback {
+                Fallback::BlockAll => "any other host: 502 (block_all, REGISTRY_ONLY)".to_string(),
+                Fallback::AllowAny(_) => {
+                    "any other host: passthrough in plaintext (allow_any, ALLOW_ANY)".to_string()
+                }
+                Fallback::NotFound => "any other host: 404 (route_not_found)".to_string(),
+            };
+            let _ = writeln!(out, "  {fallback}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_to_parses_like_curl() {
+        let c = ConnectTo::parse("example.com:443=127.0.0.1:8443").expect("parse");
+        assert_eq!(c.host.as_deref(), Some("example.com"));
+        assert_eq!(c.port, Some(443));
+        assert!(c.matches("EXAMPLE.com", 443));
+        assert!(!c.matches("example.com", 80));
+        let any = ConnectTo::parse(":443=[::1]:9443").expect("parse");
+        assert!(any.matches("whatever", 443));
+        assert!(ConnectTo::parse("example.com=1.2.3.4:5").is_err());
+        assert!(
+            ConnectTo::parse("example.com:443=localhost:1")
+                .unwrap_err()
+                .contains("not IP:PORT")
+        );
+    }
+
+    #[test]
+    fn resolve_parses_lists() {
+        let (h, ips) = UpstreamOverrides::parse_resolve("Api.Example.com=10.0.0.1,::1").expect("p");
+        assert_eq!(h, "api.example.com");
+        assert_eq!(ips.len(), 2);
+        assert!(UpstreamOverrides::parse_resolve("a=nope").is_err());
+    }
+
+    #[test]
+    fn hosts_are_checked() {
+        assert!(check_host("www.oracle.com", false).is_ok());
+        assert!(check_host("*.example.com", false).is_ok());
+        assert!(check_host("*", false).is_err());
+        assert!(check_host("*", true).is_ok());
+        assert!(check_host("a.*.com", false).is_err());
+        assert!(check_host("bad host", false).is_err());
+        assert!(check_host("10.0.0.1", false).is_ok());
+    }
+
+    #[test]
+    fn protocol_from_port_name() {
+        assert_eq!(Protocol::from_port_name("http-3000"), Some(Protocol::Http));
+        assert_eq!(
+            Protocol::from_port_name("https-port"),
+            Some(Protocol::Https)
+        );
+        assert_eq!(Protocol::from_port_name("tcp-kafka"), Some(Protocol::Tcp));
+        assert_eq!(
+            Protocol::from_port_name("grpc-web-x"),
+            Some(Protocol::GrpcWeb)
+        );
+        assert_eq!(Protocol::from_port_name("web"), None);
+    }
+}

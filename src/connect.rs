@@ -1,0 +1,184 @@
+//! Opening one upstream transport: TCP (connect timeout, no-delay, keep-alive) and, when the
+//! cluster has a TLS policy, the TLS handshake with SNI. One timeout covers both.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::error::{AttemptError, TlsFailure};
+use crate::tls::{ConnTls, Recording, TlsContext};
+
+/// An upstream transport: plain TCP or TLS over TCP.
+pub enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<Recording<TcpStream>>>),
+}
+
+/// How a connection was made, for logs and for classifying later failures.
+#[derive(Debug)]
+pub struct Transport {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<Arc<ConnTls>>,
+}
+
+/// Opens a connection to `addr`; with `tls`, performs the handshake for `server_name`.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<(&TlsContext, ServerName<'static>)>,
+    alpn: &[&[u8]],
+) -> Result<(UpstreamIo, Transport), AttemptError> {
+    let fut = async {
+        let stream = TcpStream::connect(addr).await.map_err(classify_connect)?;
+        let _ = stream.set_nodelay(true);
+        let sock = socket2::SockRef::from(&stream);
+        let _ = sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(300))
+                .with_interval(Duration::from_secs(75)),
+        );
+        let local = stream.local_addr().map_err(AttemptError::Io)?;
+        match tls {
+            None => Ok((
+                UpstreamIo::Plain(stream),
+                Transport {
+                    remote: addr,
+                    local,
+                    tls: None,
+                },
+            )),
+            Some((ctx, name)) => {
+                let (s, seen) = ctx
+                    .connect(Recording::new(stream), name, alpn)
+                    .await
+                    .map_err(AttemptError::Tls)?;
+                Ok((
+                    UpstreamIo::Tls(Box::new(s)),
+                    Transport {
+                        remote: addr,
+                        local,
+                        tls: Some(seen),
+                    },
+                ))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(AttemptError::Timeout(timeout)),
+    }
+}
+
+fn classify_connect(e: io::Error) -> AttemptError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => AttemptError::Refused,
+        io::ErrorKind::TimedOut => AttemptError::Timeout(Duration::ZERO),
+        io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::AddrNotAvailable => AttemptError::Unreachable(e.to_string()),
+        _ => AttemptError::Io(e),
+    }
+}
+
+/// Finds a TLS error in an error chain (hyper error -> io::Error -> rustls::Error) and explains it
+/// with the connection's TLS context. Used for failures after the handshake, such as a TLS 1.3
+/// server that rejects the client certificate when it reads it.
+pub fn tls_failure_in(
+    err: &(dyn std::error::Error + 'static),
+    ctx: Option<&TlsContext>,
+    seen: Option<&ConnTls>,
+    server: &str,
+) -> Option<TlsFailure> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(match (ctx, seen) {
+                (Some(ctx), Some(seen)) => ctx.classify_rustls(r, seen, server),
+                _ => TlsFailure {
+                    code: "tls.error",
+                    detail: format!("TLS with {server} failed: {r}"),
+                },
+            });
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(r) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(match (ctx, seen) {
+                (Some(ctx), Some(seen)) => ctx.classify_rustls(r, seen, server),
+                _ => TlsFailure {
+                    code: "tls.error",
+                    detail: format!("TLS with {server} failed: {r}"),
+                },
+            });
+        }
+        cur = e.source();
+    }
+    None
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! egret: a userspace TLS-originating egress proxy.
+//!
+//! Data flow: `config` (native YAML and Istio manifests -> one validated model) -> `app` (bind)
+//! -> `listener` (accept, hyper) -> `proxy` (authority, `route`, rewrite, `upstream`, response)
+//! -> `upstream` (pools) -> `connect` (`dns`, TCP, `tls`) -> `access_log`.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod connect;
+pub mod dns;
+pub mod error;
+pub mod listener;
+pub mod proxy;
+pub mod route;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,105 @@
+//! Listeners: bind (fail fast), accept, and serve each connection with hyper (HTTP/1.1 with
+//! keep-alive, and h2c by prior knowledge). Knows nothing about routing: each request goes to
+//! `proxy::handle` with the runtime current when it arrives.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::{self, ConnCtx, Runtime};
+
+static NEXT_DOWNSTREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Binds a listening socket with SO_REUSEADDR (so a restart does not wait for TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections until `shutdown` turns true, then lets open connections finish their
+/// in-flight requests (keep-alive connections are closed after their current response) for up
+/// to `drain`.
+pub async fn serve_http(
+    listener: TcpListener,
+    index: usize,
+    state: Arc<ArcSwap<Runtime>>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true)
+        .max_buf_size(256 * 1024);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(remote);
+                let ctx = ConnCtx {
+                    local,
+                    remote,
+                    id: NEXT_DOWNSTREAM_ID.fetch_add(1, Ordering::Relaxed),
+                    listener: index,
+                };
+                let svc_state = state.clone();
+                let svc_ctx = ctx.clone();
+                let svc = service_fn(move |req| {
+                    let rt = svc_state.load_full();
+                    let ctx = svc_ctx.clone();
+                    async move { Ok::<_, Infallible>(proxy::handle(rt, &ctx, req).await) }
+                });
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                let log_state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await
+                        && let Some(he) = e.downcast_ref::<hyper::Error>()
+                        && he.is_parse()
+                    {
+                        proxy::log_codec_error(&log_state.load().access_log, &ctx, he);
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline reached with connections still open; closing them");
+    }
+}

@@ -1,0 +1,660 @@
+//! The HTTP proxy path, in named steps: authority (Host, absolute-form URI or :authority) ->
+//! route -> rewrite (hop-by-hop headers, x-request-id, Host) -> upstream -> response. Failures
+//! become local replies with Envoy's status, flags and details. Every request produces exactly
+//! one access-log line, written when the response completes or, if the client goes away, when
+//! the request is dropped.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::body::{BodyProgress, RequestBody};
+use crate::config::{Config, Listener};
+use crate::error::{Flags, ProxyError};
+use crate::route::{Decision, RequestInfo, normalize_host};
+use crate::upstream::{ClusterPool, Exchange, Lease, SendError, UpstreamCtx};
+
+/// Everything a request needs, for one configuration generation.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub pools: Vec<Arc<ClusterPool>>,
+    pub upstream: UpstreamCtx,
+    pub access_log: Arc<AccessLog>,
+}
+
+/// The downstream connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct ConnCtx {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub id: u64,
+    /// Index of the listener in `Config::listeners`.
+    pub listener: usize,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+static X_EGRET_ERROR: HeaderName = HeaderName::from_static("x-egret-error");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Handles one request. Never fails: errors become local replies.
+pub async fn handle(
+    rt: Arc<Runtime>,
+    conn: &ConnCtx,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let mut rec = AccessRecord::new(conn.local, conn.remote, conn.id);
+    rec.method = Some(req.method().clone());
+    rec.protocol = Some(req.version());
+    rec.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+    let mut pending = Pending(Some(Box::new(Finish {
+        rec,
+        log: rt.access_log.clone(),
+        lease: None,
+        progress: None,
+    })));
+    let Some(listener) = rt.config.listeners.get(conn.listener) else {
+        return pending.reply(
+            ProxyError::BadRequest("the listener is gone (configuration reloaded)".into()),
+            None,
+        );
+    };
+    let result = forward(&rt, listener, conn, req, &mut pending).await;
+    match result {
+        Ok(resp) => resp,
+        Err((err, req_headers)) => pending.reply(err, req_headers.as_ref()),
+    }
+}
+
+type Failure = (ProxyError, Option<HeaderMap>);
+
+async fn forward(
+    rt: &Arc<Runtime>,
+    listener: &Listener,
+    conn: &ConnCtx,
+    req: Request<Incoming>,
+    pending: &mut Pending,
+) -> Result<Response<ProxyBody>, Failure> {
+    // 1. The authority: absolute-form URI (forward proxy) or HTTP/2 :authority, else Host.
+    let (authority, default_port) = match authority_of(&req) {
+        Ok(a) => a,
+        Err(e) => return Err((e, Some(req.headers().clone()))),
+    };
+    if req.method() == Method::CONNECT {
+        return Err((
+            ProxyError::BadRequest(format!(
+                "CONNECT {authority} needs a TLS or TCP destination, which this listener does not serve; send plain HTTP (http://...) to have egret originate TLS"
+            )),
+            Some(req.headers().clone()),
+        ));
+    }
+    let host = normalize_host(authority.host());
+    let port = authority.port_u16().unwrap_or(default_port);
+    let rec = pending.rec_mut();
+    rec.authority = Some(authority.as_str().to_string());
+
+    // 2. Route.
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", PathAndQuery::as_str)
+        .to_string();
+    let info = RequestInfo {
+        host: &host,
+        port,
+        method: req.method(),
+        path_and_query: &path_and_query,
+        authority: authority.as_str(),
+        scheme: "http",
+        headers: req.headers(),
+    };
+    let (cluster, timeout) = match listener.routes.route(&info) {
+        Decision::Forward {
+            cluster,
+            route_name,
+            timeout,
+        } => {
+            pending.rec_mut().route_name = route_name.cloned();
+            (cluster, timeout)
+        }
+        Decision::AllowAny { cluster } => {
+            pending.rec_mut().route_name = Some(Arc::from("allow_any"));
+            (cluster, None)
+        }
+        Decision::BlockAll => {
+            pending.rec_mut().route_name = Some(Arc::from("block_all"));
+            return Err((
+                ProxyError::BlockAll {
+                    host: host.into_owned(),
+                    port,
+                },
+                Some(req.headers().clone()),
+            ));
+        }
+        Decision::NoRoute => {
+            return Err((
+                ProxyError::NoRoute {
+                    host: host.into_owned(),
+                },
+                Some(req.headers().clone()),
+            ));
+        }
+        Decision::Direct {
+            status,
+            body,
+            route_name,
+        } => {
+            pending.rec_mut().route_name = route_name.cloned();
+            let headers = req.headers().clone();
+            return Ok(pending.direct(status, body.map(str::to_string), &headers));
+        }
+    };
+    let Some(pool) = rt.pools.get(cluster) else {
+        return Err((
+            ProxyError::BadRequest("the route's cluster is gone (configuration reloaded)".into()),
+            None,
+        ));
+    };
+
+    // 3. Rewrite the request for the upstream.
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::EXPECT);
+    if !headers.contains_key(&X_REQUEST_ID) {
+        let id = uuid::Uuid::new_v4();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let s = id.hyphenated().encode_lower(&mut buf);
+        if let Ok(v) = HeaderValue::from_str(s) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if listener.use_remote_address {
+        append_xff(&mut headers, conn.remote.ip());
+    }
+    let host_header = upstream_host_header(&authority, pool, &headers);
+    if let Some(h) = host_header {
+        headers.insert(header::HOST, h);
+    }
+    let cluster_name = pool.cluster_name();
+    {
+        let rec = pending.rec_mut();
+        rec.upstream_cluster = Some(cluster_name);
+        rt.access_log.format.capture_request(rec, &headers);
+    }
+    let progress = Arc::new(BodyProgress::default());
+    let body = RequestBody::new(body, progress.clone());
+    pending.set_progress(progress.clone());
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = Uri::from_str(&path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
+    *up.version_mut() = Version::HTTP_11;
+    *up.headers_mut() = headers;
+
+    // 4. Upstream.
+    let sent_at = Instant::now();
+    let send = pool.send(&rt.upstream, &host, port, up);
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError {
+                error: ProxyError::Timeout(t),
+                conn: None,
+            }),
+        },
+        None => send.await,
+    };
+    let exchange = match result {
+        Ok(x) => x,
+        Err(SendError { error, conn }) => {
+            if let Some(c) = conn {
+                let rec = pending.rec_mut();
+                rec.upstream_host = Some(c.transport.remote);
+                rec.upstream_local = Some(c.transport.local);
+                rec.upstream_tls = c.transport.tls.clone();
+                rec.upstream_conn_id = Some(c.id);
+                rec.attempts = 1;
+            }
+            return Err((error, None));
+        }
+    };
+
+    // 5. The response.
+    let Exchange {
+        response,
+        conn: upconn,
+        lease,
+    } = exchange;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let service_ms = sent_at.elapsed().as_millis();
+    if let Ok(v) = HeaderValue::from_str(&service_ms.to_string()) {
+        parts
+            .headers
+            .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
+    }
+    let mut finish = pending.take();
+    {
+        let rec = &mut finish.rec;
+        rec.first_upstream_byte = Some(Instant::now());
+        rec.upstream_host = Some(upconn.transport.remote);
+        rec.upstream_local = Some(upconn.transport.local);
+        rec.upstream_tls = upconn.transport.tls.clone();
+        rec.upstream_conn_id = Some(upconn.id);
+        rec.attempts = 1;
+        rec.status = parts.status.as_u16();
+        rec.details = Some("via_upstream".into());
+        rt.access_log.format.capture_response(rec, &parts.headers);
+    }
+    finish.lease = Some(lease);
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            finish: Some(finish),
+        },
+    ))
+}
+
+/// The request's authority and the default port for its scheme.
+fn authority_of(req: &Request<Incoming>) -> Result<(Authority, u16), ProxyError> {
+    let uri = req.uri();
+    if let Some(a) = uri.authority() {
+        let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
+        return Ok((a.clone(), default_port));
+    }
+    let Some(host) = req.headers().get(header::HOST) else {
+        return Err(ProxyError::MissingHost);
+    };
+    let a = host
+        .to_str()
+        .ok()
+        .and_then(|h| Authority::from_str(h).ok())
+        .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        .ok_or_else(|| {
+            ProxyError::BadRequest(format!(
+                "the Host header '{}' is not a valid host[:port]",
+                String::from_utf8_lossy(host.as_bytes())
+            ))
+        })?;
+    Ok((a, 80))
+}
+
+/// The Host header sent upstream. Istio forwards Host as received; egret does too, with two
+/// exceptions: absolute-form and HTTP/2 requests get Host from the authority (RFC 9112 3.2.2),
+/// and when egret originates TLS to another port (80 -> 443) an explicit `:80` is dropped, so
+/// an HTTPS origin never sees a Host naming its plaintext port.
+fn upstream_host_header(
+    authority: &Authority,
+    pool: &ClusterPool,
+    headers: &HeaderMap,
+) -> Option<HeaderValue> {
+    let from_uri_differs = headers
+        .get(header::HOST)
+        .is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes());
+    if let (Some(p), true) = (authority.port_u16(), pool.strips_port_from_host()) {
+        if p == pool.cluster.port {
+            return HeaderValue::from_str(authority.host()).ok();
+        }
+    }
+    if from_uri_differs {
+        return HeaderValue::from_str(authority.as_str()).ok();
+    }
+    None
+}
+
+fn append_xff(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1): `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`, `Trailer`, and
+/// `Proxy-Authorization` (meant for this proxy, never for the origin).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION).cloned()
+        && let Ok(v) = conn.to_str()
+    {
+        for name in v.split(',') {
+            let name = name.trim();
+            if !name.is_empty()
+                && let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+                && n != header::HOST
+            {
+                headers.remove(n);
+            }
+        }
+    }
+    for h in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRAILER,
+    ] {
+        headers.remove(h);
+    }
+}
+
+/// The access-log state of a request before its response exists; dropping it (the client went
+/// away) still writes the line.
+struct Pending(Option<Box<Finish>>);
+
+impl Pending {
+    fn rec_mut(&mut self) -> &mut AccessRecord {
+        #[allow(clippy::expect_used)]
+        &mut self
+            .0
+            .as_mut()
+            .expect("pending request state is present until taken")
+            .rec
+    }
+
+    fn set_progress(&mut self, p: Arc<BodyProgress>) {
+        if let Some(f) = self.0.as_mut() {
+            f.progress = Some(p);
+        }
+    }
+
+    fn take(&mut self) -> Box<Finish> {
+        #[allow(clippy::expect_used)]
+        self.0.take().expect("pending request state is taken once")
+    }
+
+    /// A local reply for `err`.
+    fn reply(&mut self, err: ProxyError, req_headers: Option<&HeaderMap>) -> Response<ProxyBody> {
+        let mut finish = self.take();
+        let body = err.body();
+        let rec = &mut finish.rec;
+        if let Some(h) = req_headers {
+            finish.log.format.capture_request(rec, h);
+        }
+        rec.status = err.status();
+        rec.flags |= err.flags();
+        rec.details = Some(err.details());
+        rec.transport_failure = err.transport_failure_reason();
+        rec.local_reply_body = Some(body.clone());
+        if !matches!(
+            err,
+            ProxyError::BlockAll { .. }
+                | ProxyError::NoRoute { .. }
+                | ProxyError::MissingHost
+                | ProxyError::BadRequest(_)
+        ) {
+            tracing::debug!(
+                status = rec.status,
+                code = err.code(),
+                "{}",
+                body.trim_end()
+            );
+        }
+        let mut resp = Response::new(ProxyBody {
+            inner: Inner::Full(Some(Bytes::from(body))),
+            finish: None,
+        });
+        *resp.status_mut() = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(X_EGRET_ERROR.clone(), HeaderValue::from_static(err.code()));
+        finish.log.format.capture_response(rec, h);
+        resp.body_mut().finish = Some(finish);
+        resp
+    }
+
+    /// A route's direct response.
+    fn direct(
+        &mut self,
+        status: u16,
+        body: Option<String>,
+        req_headers: &HeaderMap,
+    ) -> Response<ProxyBody> {
+        let mut finish = self.take();
+        let rec = &mut finish.rec;
+        finish.log.format.capture_request(rec, req_headers);
+        rec.status = status;
+        rec.details = Some("direct_response".into());
+        let bytes = body.map(Bytes::from);
+        let mut resp = Response::new(ProxyBody {
+            inner: Inner::Full(bytes.clone()),
+            finish: None,
+        });
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        if bytes.is_some() {
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        finish.log.format.capture_response(rec, resp.headers());
+        resp.body_mut().finish = Some(finish);
+        resp
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f.complete(Outcome::DownstreamGone);
+        }
+    }
+}
+
+/// What is needed to finish a request: the record, the log, and the pooled connection.
+struct Finish {
+    rec: AccessRecord,
+    log: Arc<AccessLog>,
+    lease: Option<Lease>,
+    progress: Option<Arc<BodyProgress>>,
+}
+
+enum Outcome {
+    /// The response was sent completely.
+    Complete,
+    /// The client went away before the response was complete.
+    DownstreamGone,
+    /// The upstream failed while the response body was streaming.
+    UpstreamFailed(String),
+}
+
+impl Finish {
+    fn complete(mut self: Box<Self>, outcome: Outcome) {
+        let now = Instant::now();
+        let rec = &mut self.rec;
+        rec.end = Some(now);
+        let request_done = self.progress.as_ref().is_none_or(|p| p.is_done());
+        if let Some(p) = &self.progress {
+            rec.bytes_received = p.bytes();
+        }
+        if request_done && rec.request_done.is_none() {
+            rec.request_done = Some(now);
+        }
+        match outcome {
+            Outcome::Complete => {
+                if let Some(lease) = self.lease.take() {
+                    lease.finish(request_done);
+                }
+            }
+            Outcome::DownstreamGone => {
+                rec.flags |= Flags::DC;
+                if rec.status == 0 || rec.details.is_none() {
+                    rec.details = Some("downstream_remote_disconnect".into());
+                }
+            }
+            Outcome::UpstreamFailed(why) => {
+                rec.flags |= Flags::UC;
+                rec.details = Some(format!("upstream_reset_after_response_started{{{why}}}"));
+            }
+        }
+        self.log.log(&self.rec);
+    }
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// The response body sent downstream: streamed from the upstream (or a local reply), counted,
+/// and finishing the access record exactly once.
+pub struct ProxyBody {
+    inner: Inner,
+    finish: Option<Box<Finish>>,
+}
+
+impl ProxyBody {
+    fn is_end(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(b) => b.is_none(),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Full(b) => match b.take() {
+                Some(bytes) => {
+                    if let Some(f) = this.finish.as_mut() {
+                        f.rec.bytes_sent += bytes.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(bytes))))
+                }
+                None => {
+                    if let Some(f) = this.finish.take() {
+                        f.complete(Outcome::Complete);
+                    }
+                    Poll::Ready(None)
+                }
+            },
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(f) = this.finish.as_mut() {
+                        if let Some(d) = frame.data_ref() {
+                            f.rec.bytes_sent += d.len() as u64;
+                        } else if let Some(t) = frame.trailers_ref()
+                            && f.log.format.wants_trailers()
+                        {
+                            let log = f.log.clone();
+                            log.format.capture_trailers(&mut f.rec, t);
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(None) => {
+                    if let Some(f) = this.finish.take() {
+                        f.complete(Outcome::Complete);
+                    }
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(f) = this.finish.take() {
+                        f.complete(Outcome::UpstreamFailed(e.to_string()));
+                    }
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.is_end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(f) = self.finish.take() {
+            // hyper does not poll bodies it knows are empty (HEAD, 204, 304, content-length 0).
+            let outcome = if self.is_end() {
+                Outcome::Complete
+            } else {
+                Outcome::DownstreamGone
+            };
+            f.complete(outcome);
+        }
+    }
+}
+
+/// Logs a request hyper rejected before egret saw it (a malformed request line or headers):
+/// hyper has already answered it with a 4xx.
+pub fn log_codec_error(log: &AccessLog, conn: &ConnCtx, err: &hyper::Error) {
+    let mut rec = AccessRecord::new(conn.local, conn.remote, conn.id);
+    let msg = err.to_string();
+    let (status, details) = if msg.contains("too large") {
+        (431, "http1.headers_too_large")
+    } else if msg.contains("version") {
+        (505, "http1.codec_error")
+    } else {
+        (400, "http1.codec_error")
+    };
+    rec.status = status;
+    rec.flags = Flags::DPE;
+    rec.details = Some(details.into());
+    rec.end = Some(Instant::now());
+    rec.local_reply_body = Some(msg);
+    log.log(&rec);
+}
+
+impl ClusterPool {
+    /// The cluster name for logs, shared.
+    pub fn cluster_name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+}
+
+/// Counts in-flight requests (for drain and stats).
+pub fn in_flight(rt: &Runtime) -> u64 {
+    rt.pools
+        .iter()
+        .map(|p| p.stats.rq_active.load(Ordering::Relaxed))
+        .sum()
+}

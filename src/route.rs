@@ -1,0 +1,552 @@
+//! Pure request routing: (listener, port, host, request line, headers) -> decision. No I/O.
+//!
+//! The shape follows Envoy's: a listener has a route table; the table picks the route
+//! configuration for the destination port (the port the app called, as Istio's sidecar does with
+//! its per-port listeners, or the gateway server's fixed port); the route configuration picks a
+//! virtual host by Host (exact name, then the longest `*.suffix`, then `*`; the port in Host is
+//! ignored); the virtual host's routes are tried in order and the first match wins. No virtual
+//! host means the listener's fallback (`block_all`, `allow_any` or 404).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+
+/// Index of a cluster in `Config::clusters`.
+pub type ClusterId = usize;
+
+/// Where the route configuration's port comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortSource {
+    /// The port of the request's authority (default 80): the sidecar's outbound listener.
+    Request,
+    /// A fixed port: a gateway server listener.
+    Fixed(u16),
+}
+
+/// What happens to a host that no virtual host claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// REGISTRY_ONLY: a local 502, route name `block_all`.
+    BlockAll,
+    /// ALLOW_ANY: forward to the passthrough cluster, route name `allow_any`.
+    AllowAny(ClusterId),
+    /// Gateways: 404 `NR` (`route_not_found`).
+    NotFound,
+}
+
+#[derive(Debug)]
+pub struct RouteTable {
+    pub port_source: PortSource,
+    pub ports: HashMap<u16, VirtualHosts>,
+    pub fallback: Fallback,
+}
+
+/// The virtual hosts of one route configuration (one port).
+#[derive(Debug, Default)]
+pub struct VirtualHosts {
+    exact: HashMap<Box<str>, usize>,
+    /// `(".example.com", index)`, longest suffix first.
+    suffixes: Vec<(Box<str>, usize)>,
+    any: Option<usize>,
+    pub hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    /// `host:port`, as Envoy names virtual hosts.
+    pub name: String,
+    /// The domain pattern (`www.oracle.com`, `*.example.com`, `*`).
+    pub domain: String,
+    pub routes: Vec<HttpRoute>,
+}
+
+#[derive(Debug)]
+pub struct HttpRoute {
+    /// Logged as `%ROUTE_NAME%`; `None` prints `-`.
+    pub name: Option<std::sync::Arc<str>>,
+    /// OR of the matches; empty matches everything.
+    pub matches: Vec<RouteMatch>,
+    pub action: RouteAction,
+    /// Whole-request timeout (VirtualService `timeout`); `None` = no timeout, as in Istio.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Forward(WeightedClusters),
+    Direct { status: u16, body: Option<String> },
+}
+
+#[derive(Debug)]
+pub struct WeightedClusters {
+    pub clusters: Vec<WeightedCluster>,
+    total: u32,
+    next: AtomicU32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightedCluster {
+    pub cluster: ClusterId,
+    pub weight: u32,
+}
+
+impl WeightedClusters {
+    pub fn single(cluster: ClusterId) -> Self {
+        Self::new(vec![WeightedCluster { cluster, weight: 1 }])
+    }
+
+    /// Weights are relative; a single destination gets everything whatever its weight, and
+    /// when all weights are 0 they count as equal.
+    pub fn new(mut clusters: Vec<WeightedCluster>) -> Self {
+        if clusters.len() == 1 || clusters.iter().all(|c| c.weight == 0) {
+            for c in &mut clusters {
+                c.weight = 1;
+            }
+        }
+        let total = clusters.iter().map(|c| c.weight).sum();
+        WeightedClusters {
+            clusters,
+            total,
+            next: AtomicU32::new(0),
+        }
+    }
+
+    /// Deterministic weighted round robin: over any window of `total` requests each cluster gets
+    /// exactly its weight.
+    pub fn pick(&self) -> ClusterId {
+        if self.clusters.len() == 1 || self.total == 0 {
+            return self.clusters[0].cluster;
+        }
+        let mut n = self.next.fetch_add(1, Ordering::Relaxed) % self.total;
+        for c in &self.clusters {
+            if n < c.weight {
+                return c.cluster;
+            }
+            n -= c.weight;
+        }
+        self.clusters[0].cluster
+    }
+}
+
+/// One `HTTPMatchRequest`: all present conditions must hold.
+#[derive(Debug, Default)]
+pub struct RouteMatch {
+    pub name: Option<String>,
+    pub uri: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    pub scheme: Option<StringMatch>,
+    /// Header name (lowercase) -> condition; `None` = must be present.
+    pub headers: Vec<(http::HeaderName, Option<StringMatch>)>,
+    pub without_headers: Vec<(http::HeaderName, Option<StringMatch>)>,
+    pub query_params: Vec<(String, StringMatch)>,
+    pub ignore_uri_case: bool,
+}
+
+#[derive(Debug)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// RE2-style full-string match, as Envoy's `safe_regex`.
+    Regex(regex::Regex),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(s) => value == s,
+            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatch::Regex(r) => r
+                .find(value)
+                .is_some_and(|m| m.start() == 0 && m.end() == value.len()),
+        }
+    }
+
+    fn matches_ignore_case(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(s) => value.eq_ignore_ascii_case(s),
+            StringMatch::Prefix(p) => value
+                .get(..p.len())
+                .is_some_and(|v| v.eq_ignore_ascii_case(p)),
+            StringMatch::Regex(_) => self.matches(value),
+        }
+    }
+}
+
+/// What routing needs from a request.
+pub struct RequestInfo<'a> {
+    /// Lowercase host without port or trailing dot.
+    pub host: &'a str,
+    /// The authority's port (default 80).
+    pub port: u16,
+    pub method: &'a Method,
+    /// Path with query.
+    pub path_and_query: &'a str,
+    /// The authority as received (`:authority` / Host), for `authority` matches.
+    pub authority: &'a str,
+    pub scheme: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision<'a> {
+    Forward {
+        cluster: ClusterId,
+        route_name: Option<&'a std::sync::Arc<str>>,
+        timeout: Option<Duration>,
+    },
+    Direct {
+        status: u16,
+        body: Option<&'a str>,
+        route_name: Option<&'a std::sync::Arc<str>>,
+    },
+    /// REGISTRY_ONLY refusal (`block_all`).
+    BlockAll,
+    /// ALLOW_ANY passthrough to the original destination.
+    AllowAny { cluster: ClusterId },
+    /// A virtual host matched but none of its routes did, or the gateway has no such host.
+    NoRoute,
+}
+
+impl RouteTable {
+    pub fn new(port_source: PortSource, fallback: Fallback) -> Self {
+        RouteTable {
+            port_source,
+            ports: HashMap::new(),
+            fallback,
+        }
+    }
+
+    /// The route configuration port for a request to `request_port`.
+    pub fn port_for(&self, request_port: u16) -> u16 {
+        match self.port_source {
+            PortSource::Request => request_port,
+            PortSource::Fixed(p) => p,
+        }
+    }
+
+    pub fn route<'a>(&'a self, req: &RequestInfo<'_>) -> Decision<'a> {
+        let port = self.port_for(req.port);
+        let vhost = self.ports.get(&port).and_then(|v| v.find(req.host));
+        let Some(vhost) = vhost else {
+            return match &self.fallback {
+                Fallback::BlockAll => Decision::BlockAll,
+                Fallback::AllowAny(cluster) => Decision::AllowAny { cluster: *cluster },
+                Fallback::NotFound => Decision::NoRoute,
+            };
+        };
+        for route in &vhost.routes {
+            let hit = route.matches.is_empty() || route.matches.iter().any(|m| m.matches(req));
+            if !hit {
+                continue;
+            }
+            let route_name = route.name.as_ref();
+            return match &route.action {
+                RouteAction::Forward(w) => Decision::Forward {
+                    cluster: w.pick(),
+                    route_name,
+                    timeout: route.timeout,
+                },
+                RouteAction::Direct { status, body } => Decision::Direct {
+                    status: *status,
+                    body: body.as_deref(),
+                    route_name,
+                },
+            };
+        }
+        Decision::NoRoute
+    }
+
+    /// The virtual hosts for `port`, created on first use.
+    pub fn vhosts_mut(&mut self, port: u16) -> &mut VirtualHosts {
+        self.ports.entry(port).or_default()
+    }
+}
+
+impl VirtualHosts {
+    /// Finds the virtual host for `host` (already lowercase, no port).
+    pub fn find(&self, host: &str) -> Option<&VirtualHost> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(&self.hosts[i]);
+        }
+        for (suffix, i) in &self.suffixes {
+            if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                return Some(&self.hosts[*i]);
+            }
+        }
+        self.any.map(|i| &self.hosts[i])
+    }
+
+    /// The virtual host for the domain pattern, if one was added.
+    pub fn get_mut(&mut self, domain: &str) -> Option<&mut VirtualHost> {
+        let i = if domain == "*" {
+            self.any?
+        } else if let Some(suffix) = domain.strip_prefix('*') {
+            self.suffixes.iter().find(|(s, _)| &**s == suffix)?.1
+        } else {
+            *self.exact.get(domain)?
+        };
+        self.hosts.get_mut(i)
+    }
+
+    /// Adds a virtual host for a domain pattern; returns `false` if the pattern already has one.
+    pub fn insert(&mut self, vhost: VirtualHost) -> bool {
+        let domain = vhost.domain.clone();
+        if self.get_mut(&domain).is_some() {
+            return false;
+        }
+        let i = self.hosts.len();
+        self.hosts.push(vhost);
+        if domain == "*" {
+            self.any = Some(i);
+        } else if let Some(suffix) = domain.strip_prefix('*') {
+            self.suffixes.push((suffix.into(), i));
+            self.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        } else {
+            self.exact.insert(domain.into(), i);
+        }
+        true
+    }
+}
+
+impl RouteMatch {
+    pub fn matches(&self, req: &RequestInfo<'_>) -> bool {
+        if let Some(m) = &self.uri {
+            let path = req.path_and_query;
+            let path = path.split_once('?').map_or(path, |(p, _)| p);
+            let ok = if self.ignore_uri_case {
+                m.matches_ignore_case(path)
+            } else {
+                m.matches(path)
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(m) = &self.method
+            && !m.matches(req.method.as_str())
+        {
+            return false;
+        }
+        if let Some(m) = &self.authority
+            && !m.matches(req.authority)
+        {
+            return false;
+        }
+        if let Some(m) = &self.scheme
+            && !m.matches(req.scheme)
+        {
+            return false;
+        }
+        for (name, cond) in &self.headers {
+            if !header_matches(req.headers, name, cond.as_ref()) {
+                return false;
+            }
+        }
+        for (name, cond) in &self.without_headers {
+            if header_matches(req.headers, name, cond.as_ref()) {
+                return false;
+            }
+        }
+        if !self.query_params.is_empty() {
+            let query = req.path_and_query.split_once('?').map_or("", |(_, q)| q);
+            for (key, cond) in &self.query_params {
+                let value = query.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == key).then_some(v)
+                });
+                if !value.is_some_and(|v| cond.matches(v)) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+fn header_matches(
+    headers: &HeaderMap,
+    name: &http::HeaderName,
+    cond: Option<&StringMatch>,
+) -> bool {
+    match headers.get(name) {
+        None => false,
+        Some(v) => match cond {
+            None => true,
+            Some(m) => v.to_str().is_ok_and(|v| m.matches(v)),
+        },
+    }
+}
+
+/// Normalizes a host for matching: lowercase, no trailing dot, no brackets around IPv6.
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let h = host.strip_suffix('.').unwrap_or(host);
+    let h = h
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(h);
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vhost(domain: &str, cluster: ClusterId) -> VirtualHost {
+        VirtualHost {
+            name: format!("{domain}:80"),
+            domain: domain.into(),
+            routes: vec![HttpRoute {
+                name: None,
+                matches: vec![],
+                action: RouteAction::Forward(WeightedClusters::single(cluster)),
+                timeout: None,
+            }],
+        }
+    }
+
+    fn req<'a>(host: &'a str, port: u16, headers: &'a HeaderMap) -> RequestInfo<'a> {
+        RequestInfo {
+            host,
+            port,
+            method: &Method::GET,
+            path_and_query: "/a/b?x=1",
+            authority: host,
+            scheme: "http",
+            headers,
+        }
+    }
+
+    fn forward_to(d: Decision<'_>) -> Option<ClusterId> {
+        match d {
+            Decision::Forward { cluster, .. } => Some(cluster),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn exact_then_longest_suffix_then_any() {
+        let mut t = RouteTable::new(PortSource::Request, Fallback::BlockAll);
+        let v = t.vhosts_mut(80);
+        assert!(v.insert(vhost("www.example.com", 1)));
+        assert!(v.insert(vhost("*.example.com", 2)));
+        assert!(v.insert(vhost("*.a.example.com", 3)));
+        assert!(!v.insert(vhost("*.example.com", 9)), "duplicate domain");
+        let h = HeaderMap::new();
+        assert_eq!(
+            forward_to(t.route(&req("www.example.com", 80, &h))),
+            Some(1)
+        );
+        assert_eq!(
+            forward_to(t.route(&req("x.a.example.com", 80, &h))),
+            Some(3)
+        );
+        assert_eq!(forward_to(t.route(&req("b.example.com", 80, &h))), Some(2));
+        // The suffix wildcard does not cover the bare domain.
+        assert_eq!(t.route(&req("example.com", 80, &h)), Decision::BlockAll);
+        // Another port has no virtual hosts.
+        assert_eq!(
+            t.route(&req("www.example.com", 8080, &h)),
+            Decision::BlockAll
+        );
+        t.vhosts_mut(80).insert(vhost("*", 7));
+        assert_eq!(forward_to(t.route(&req("example.com", 80, &h))), Some(7));
+    }
+
+    #[test]
+    fn fixed_port_tables_ignore_the_request_port() {
+        let mut t = RouteTable::new(PortSource::Fixed(3000), Fallback::NotFound);
+        t.vhosts_mut(3000).insert(vhost("svc.example.com", 4));
+        let h = HeaderMap::new();
+        assert_eq!(
+            forward_to(t.route(&req("svc.example.com", 80, &h))),
+            Some(4)
+        );
+        assert_eq!(
+            t.route(&req("other.example.com", 80, &h)),
+            Decision::NoRoute
+        );
+    }
+
+    #[test]
+    fn weighted_round_robin_is_exact() {
+        let w = WeightedClusters::new(vec![
+            WeightedCluster {
+                cluster: 0,
+                weight: 75,
+            },
+            WeightedCluster {
+                cluster: 1,
+                weight: 25,
+            },
+        ]);
+        let ones = (0..400).filter(|_| w.pick() == 1).count();
+        assert_eq!(ones, 100);
+    }
+
+    #[test]
+    fn first_matching_route_wins_and_matches_are_anded() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-env", "canary".parse().expect("header"));
+        let mut t = RouteTable::new(PortSource::Request, Fallback::BlockAll);
+        let mut vh = vhost("api.example.com", 0);
+        vh.routes.insert(
+            0,
+            HttpRoute {
+                name: Some(std::sync::Arc::from("canary")),
+                matches: vec![RouteMatch {
+                    uri: Some(StringMatch::Prefix("/a/".into())),
+                    headers: vec![(
+                        http::HeaderName::from_static("x-env"),
+                        Some(StringMatch::Exact("canary".into())),
+                    )],
+                    ..RouteMatch::default()
+                }],
+                action: RouteAction::Forward(WeightedClusters::single(5)),
+                timeout: None,
+            },
+        );
+        t.vhosts_mut(80).insert(vh);
+        match t.route(&req("api.example.com", 80, &headers)) {
+            Decision::Forward {
+                cluster,
+                route_name,
+                ..
+            } => {
+                assert_eq!(cluster, 5);
+                assert_eq!(route_name.map(|r| &**r), Some("canary"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let empty = HeaderMap::new();
+        assert_eq!(
+            forward_to(t.route(&req("api.example.com", 80, &empty))),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn regex_is_a_full_match() {
+        let m = StringMatch::Regex(regex::Regex::new("/v[0-9]+").expect("regex"));
+        assert!(m.matches("/v12"));
+        assert!(!m.matches("/v12/x"));
+        assert!(!m.matches("x/v12"));
+    }
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host("WWW.Example.COM."), "www.example.com");
+        assert_eq!(normalize_host("[::1]"), "::1");
+        assert!(matches!(
+            normalize_host("plain.example"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+}

@@ -1,0 +1,583 @@
+//! Upstream clusters at run time: address selection (DNS, static endpoints, `--connect-to`),
+//! load balancing over the addresses, and a pool of keep-alive HTTP/1.1 connections per
+//! (cluster, host, address).
+//!
+//! One pool per cluster means one TLS policy per pool: connections opened under one policy are
+//! never reused under another. Wildcard and passthrough clusters add the request's host to the
+//! key, so different hosts (and SNI names) never share a connection.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+
+use crate::body::RequestBody;
+use crate::config::{Cluster, Endpoints, LbPolicy, Protocol, UpstreamOverrides};
+use crate::connect::{self, Transport};
+use crate::dns::Dns;
+use crate::error::{AttemptError, ConnectFailure, ProxyError};
+use crate::tls::TlsContext;
+
+/// At most this many addresses are tried for one request (Envoy's default retry policy allows
+/// two retries on connect failure).
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Counters per cluster (exported by the metrics and `/clusters`).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub cx_total: AtomicU64,
+    pub cx_active: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub cx_connect_timeout: AtomicU64,
+    pub cx_overflow: AtomicU64,
+    pub ssl_handshake: AtomicU64,
+    pub ssl_connection_error: AtomicU64,
+    pub rq_total: AtomicU64,
+    pub rq_active: AtomicU64,
+    /// A pooled connection was found closed when a request wanted it.
+    pub cx_stale: AtomicU64,
+}
+
+/// One upstream connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub transport: Transport,
+    pub requests: AtomicU32,
+}
+
+struct IdleConn {
+    sender: http1::SendRequest<RequestBody>,
+    conn: Arc<ConnInfo>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Endpoint {
+    idle: Vec<IdleConn>,
+    /// Requests in flight (least-request balancing).
+    active: u32,
+}
+
+/// The run-time side of one cluster.
+pub struct ClusterPool {
+    pub cluster: Arc<Cluster>,
+    pub tls: Option<Arc<TlsContext>>,
+    pub stats: ClusterStats,
+    /// host ("" for fixed-host clusters) -> address -> endpoint state.
+    endpoints: Mutex<HashMap<Box<str>, HashMap<SocketAddr, Endpoint>>>,
+    rr: AtomicUsize,
+    /// Precomputed SNI / verified name for clusters whose host does not come from the request.
+    server_name: Option<ServerName<'static>>,
+    alpn: &'static [&'static [u8]],
+    pub(crate) name: Arc<str>,
+    strip_port: bool,
+}
+
+impl std::fmt::Debug for ClusterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPool")
+            .field("cluster", &self.cluster.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the pool needs from the rest of the runtime.
+pub struct UpstreamCtx {
+    pub dns: Arc<Dns>,
+    pub overrides: UpstreamOverrides,
+}
+
+/// A successful exchange: the response head arrived. The lease goes back to the pool when the
+/// response (and request) bodies are complete.
+pub struct Exchange {
+    pub response: http::Response<Incoming>,
+    pub conn: Arc<ConnInfo>,
+    pub lease: Lease,
+}
+
+/// A failed exchange, with the connection it failed on (if any) for the access log.
+pub struct SendError {
+    pub error: ProxyError,
+    pub conn: Option<Arc<ConnInfo>>,
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        SendError { error, conn: None }
+    }
+}
+
+/// Addresses to try, without allocating for the common one-name case.
+enum Addrs {
+    One { ips: Arc<[IpAddr]>, port: u16 },
+    Many(Vec<SocketAddr>),
+}
+
+impl Addrs {
+    fn len(&self) -> usize {
+        match self {
+            Addrs::One { ips, .. } => ips.len(),
+            Addrs::Many(v) => v.len(),
+        }
+    }
+    fn get(&self, i: usize) -> SocketAddr {
+        match self {
+            Addrs::One { ips, port } => SocketAddr::new(ips[i], *port),
+            Addrs::Many(v) => v[i],
+        }
+    }
+}
+
+impl ClusterPool {
+    pub fn new(cluster: Arc<Cluster>, tls: Option<Arc<TlsContext>>) -> ClusterPool {
+        let server_name = if cluster.host_from_request() {
+            None
+        } else {
+            let name = tls
+                .as_ref()
+                .and_then(|t| t.policy.sni.clone())
+                .unwrap_or_else(|| cluster.host.clone());
+            ServerName::try_from(name).ok()
+        };
+        let alpn: &'static [&'static [u8]] = match cluster.protocol {
+            p if p.is_http() && p != Protocol::Http2 && p != Protocol::Grpc => &[b"http/1.1"],
+            _ => &[],
+        };
+        let connect_port_differs = match &cluster.endpoints {
+            Endpoints::Dns(eps) => eps
+                .iter()
+                .any(|e| e.port.is_some_and(|p| p != cluster.port)),
+            Endpoints::Static(a) => a.iter().any(|a| a.port() != cluster.port),
+        };
+        ClusterPool {
+            name: Arc::from(cluster.name.as_str()),
+            strip_port: tls.is_some() && connect_port_differs,
+            cluster,
+            tls,
+            stats: ClusterStats::default(),
+            endpoints: Mutex::new(HashMap::new()),
+            rr: AtomicUsize::new(0),
+            server_name,
+            alpn,
+        }
+    }
+
+    /// Whether an explicit service port is dropped from Host (TLS originated to another port).
+    pub fn strips_port_from_host(&self) -> bool {
+        self.strip_port
+    }
+
+    /// Number of idle pooled connections (for `/clusters`).
+    pub fn idle_connections(&self) -> usize {
+        self.endpoints
+            .lock()
+            .map(|m| {
+                m.values()
+                    .flat_map(|h| h.values())
+                    .map(|e| e.idle.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Sends `req` to the cluster. `host` is the routed host (the DNS name and SNI for wildcard
+    /// and passthrough clusters), `req_port` the request's port (passthrough).
+    pub async fn send(
+        self: &Arc<Self>,
+        ctx: &UpstreamCtx,
+        host: &str,
+        req_port: u16,
+        mut req: Request<RequestBody>,
+    ) -> Result<Exchange, SendError> {
+        self.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+        let host_key: &str = if self.server_name.is_some() { "" } else { host };
+        let addrs = self.addresses(ctx, host, req_port).await?;
+        let n = addrs.len();
+        let start = self.pick(host_key, &addrs);
+        let tries = n.min(MAX_CONNECT_ATTEMPTS);
+        let mut last: Option<(SocketAddr, AttemptError)> = None;
+        for attempt in 0..tries {
+            let addr = addrs.get((start + attempt) % n);
+            // A pooled connection first.
+            while let Some(mut idle) = self.checkout(host_key, addr) {
+                if idle.since.elapsed() > self.cluster.idle_timeout {
+                    continue;
+                }
+                match tokio::time::timeout(Duration::from_secs(5), idle.sender.ready()).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                self.mark_active(host_key, addr, 1);
+                let lease = Lease::new(self.clone(), host_key, addr, idle.conn.clone());
+                match idle.sender.try_send_request(req).await {
+                    Ok(response) => {
+                        idle.conn.requests.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Exchange {
+                            response,
+                            conn: idle.conn.clone(),
+                            lease: lease.with_sender(idle.sender),
+                        });
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Not written: the connection closed under us; try another one.
+                        Some(r) => {
+                            self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                            req = r;
+                        }
+                        None => {
+                            return Err(self.exchange_error(e.into_error(), &idle.conn, host));
+                        }
+                    },
+                }
+            }
+
+            // A new connection.
+            if let Some(max) = self.cluster.max_connections
+                && self.stats.cx_active.load(Ordering::Relaxed) >= u64::from(max)
+            {
+                self.stats.cx_overflow.fetch_add(1, Ordering::Relaxed);
+                return Err(ProxyError::Overflow {
+                    cluster: self.cluster.name.clone(),
+                    max,
+                }
+                .into());
+            }
+            let server_name = match &self.server_name {
+                Some(n) => n.clone(),
+                None => match ServerName::try_from(host.to_string()) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return Err(ProxyError::BadRequest(format!(
+                            "\"{host}\" is not a valid host name"
+                        ))
+                        .into());
+                    }
+                },
+            };
+            let tls = self.tls.as_deref().map(|t| (t, server_name));
+            match connect::connect(addr, self.cluster.connect_timeout, tls, self.alpn).await {
+                Err(e) => {
+                    self.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    if e.is_timeout() {
+                        self.stats
+                            .cx_connect_timeout
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    if matches!(e, AttemptError::Tls(_)) {
+                        self.stats
+                            .ssl_connection_error
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(cluster = %self.cluster.name, %addr, error = e.code(), "upstream connect failed");
+                    last = Some((addr, e));
+                }
+                Ok((io, transport)) => {
+                    self.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+                    if self.tls.is_some() {
+                        self.stats.ssl_handshake.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let conn = Arc::new(ConnInfo {
+                        id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+                        transport,
+                        requests: AtomicU32::new(1),
+                    });
+                    let (mut sender, connection) = match http1::Builder::new()
+                        .max_buf_size(1 << 20)
+                        .handshake(TokioIo::new(io))
+                        .await
+                    {
+                        Ok(pair) => pair,
+                        Err(e) => return Err(self.exchange_error(e, &conn, host)),
+                    };
+                    let pool = self.clone();
+                    pool.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+                    let id = conn.id;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(conn = id, "upstream connection ended: {e}");
+                        }
+                        pool.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+                    });
+                    self.mark_active(host_key, addr, 1);
+                    let lease = Lease::new(self.clone(), host_key, addr, conn.clone());
+                    return match sender.try_send_request(req).await {
+                        Ok(response) => Ok(Exchange {
+                            response,
+                            conn,
+                            lease: lease.with_sender(sender),
+                        }),
+                        Err(e) => Err(self.exchange_error(e.into_error(), &conn, host)),
+                    };
+                }
+            }
+        }
+        let (addr, error) = match last {
+            Some(l) => l,
+            None => {
+                return Err(ProxyError::NoHealthyUpstream {
+                    target: host.to_string(),
+                    reason: format!("{} has no addresses", self.cluster.name),
+                }
+                .into());
+            }
+        };
+        Err(ProxyError::Connect(ConnectFailure {
+            target: format!(
+                "{}:{}",
+                if host.is_empty() {
+                    &self.cluster.host
+                } else {
+                    host
+                },
+                addr.port()
+            ),
+            attempts: tries as u32,
+            addr,
+            error,
+        })
+        .into())
+    }
+
+    /// Maps a failure after the connection was established.
+    fn exchange_error(&self, e: hyper::Error, conn: &Arc<ConnInfo>, host: &str) -> SendError {
+        let server = format!("{host}:{}", conn.transport.remote.port());
+        let tls = connect::tls_failure_in(
+            &e,
+            self.tls.as_deref(),
+            conn.transport.tls.as_deref(),
+            &server,
+        );
+        let error = if let Some(t) = tls {
+            self.stats
+                .ssl_connection_error
+                .fetch_add(1, Ordering::Relaxed);
+            ProxyError::UpstreamTls(t)
+        } else if e.is_parse() || e.is_parse_status() {
+            ProxyError::UpstreamProtocol {
+                reason: format!(
+                    "{server} ({}) sent an invalid HTTP response: {e}",
+                    conn.transport.remote
+                ),
+            }
+        } else {
+            let first = if conn.requests.load(Ordering::Relaxed) <= 1 {
+                "on a new connection"
+            } else {
+                "on a reused connection"
+            };
+            ProxyError::UpstreamTerminated {
+                reason: format!(
+                    "{server} ({}) closed the connection before sending response headers {first}: {}",
+                    conn.transport.remote,
+                    error_chain(&e)
+                ),
+            }
+        };
+        SendError {
+            error,
+            conn: Some(conn.clone()),
+        }
+    }
+
+    async fn addresses(
+        &self,
+        ctx: &UpstreamCtx,
+        host: &str,
+        req_port: u16,
+    ) -> Result<Addrs, ProxyError> {
+        match &self.cluster.endpoints {
+            Endpoints::Static(v) => Ok(Addrs::Many(v.clone())),
+            Endpoints::Dns(eps) if eps.len() == 1 => {
+                let ep = &eps[0];
+                let name = ep.name.as_deref().unwrap_or(host);
+                let port = ep.port.unwrap_or(req_port);
+                if let Some(to) = ctx.overrides.connect_to(name, port) {
+                    return Ok(Addrs::Many(vec![to]));
+                }
+                let ips =
+                    ctx.dns
+                        .resolve(name)
+                        .await
+                        .map_err(|e| ProxyError::NoHealthyUpstream {
+                            target: format!("{name}:{port}"),
+                            reason: format!("{e} (cluster {})", self.cluster.name),
+                        })?;
+                Ok(Addrs::One { ips, port })
+            }
+            Endpoints::Dns(eps) => {
+                let mut out = Vec::new();
+                let mut last_err = None;
+                for ep in eps {
+                    let name = ep.name.as_deref().unwrap_or(host);
+                    let port = ep.port.unwrap_or(req_port);
+                    if let Some(to) = ctx.overrides.connect_to(name, port) {
+                        out.push(to);
+                        continue;
+                    }
+                    match ctx.dns.resolve(name).await {
+                        Ok(ips) => out.extend(ips.iter().map(|ip| SocketAddr::new(*ip, port))),
+                        Err(e) => last_err = Some(e),
+                    }
+                }
+                if out.is_empty() {
+                    return Err(ProxyError::NoHealthyUpstream {
+                        target: self.cluster.host.clone(),
+                        reason: last_err.map_or_else(
+                            || format!("cluster {} has no endpoints", self.cluster.name),
+                            |e| format!("{e} (cluster {})", self.cluster.name),
+                        ),
+                    });
+                }
+                Ok(Addrs::Many(out))
+            }
+        }
+    }
+
+    /// The first address to try, per the cluster's load-balancing policy.
+    fn pick(&self, host_key: &str, addrs: &Addrs) -> usize {
+        let n = addrs.len();
+        if n <= 1 {
+            return 0;
+        }
+        match self.cluster.lb {
+            LbPolicy::RoundRobin => self.rr.fetch_add(1, Ordering::Relaxed) % n,
+            LbPolicy::Random => random_below(n),
+            LbPolicy::LeastRequest => {
+                // Power of two choices over the requests in flight.
+                let a = random_below(n);
+                let b = (a + 1 + random_below(n - 1)) % n;
+                let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+                let active = |i: usize| {
+                    map.get(host_key)
+                        .and_then(|h| h.get(&addrs.get(i)))
+                        .map_or(0, |e| e.active)
+                };
+                if active(b) < active(a) { b } else { a }
+            }
+        }
+    }
+
+    fn checkout(&self, host_key: &str, addr: SocketAddr) -> Option<IdleConn> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let ep = map.get_mut(host_key)?.get_mut(&addr)?;
+        while let Some(idle) = ep.idle.pop() {
+            if !idle.sender.is_closed() {
+                return Some(idle);
+            }
+        }
+        None
+    }
+
+    fn mark_active(&self, host_key: &str, addr: SocketAddr, delta: i32) {
+        self.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let ep = match map.get_mut(host_key) {
+            Some(h) => h.entry(addr).or_default(),
+            None => map
+                .entry(host_key.into())
+                .or_default()
+                .entry(addr)
+                .or_default(),
+        };
+        ep.active = ep.active.saturating_add_signed(delta);
+    }
+
+    fn release(&self, host_key: &str, addr: SocketAddr, idle: Option<IdleConn>) {
+        self.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ep) = map.get_mut(host_key).and_then(|h| h.get_mut(&addr)) {
+            ep.active = ep.active.saturating_sub(1);
+            if let Some(idle) = idle {
+                ep.idle.push(idle);
+            }
+        }
+    }
+}
+
+fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
+    (h.finish() % n as u64) as usize
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// A connection lent to one request. [`Lease::finish`] returns it to the pool when both bodies
+/// completed; dropping it otherwise closes the connection.
+pub struct Lease {
+    pool: Arc<ClusterPool>,
+    host_key: Box<str>,
+    addr: SocketAddr,
+    conn: Arc<ConnInfo>,
+    sender: Option<http1::SendRequest<RequestBody>>,
+    released: bool,
+}
+
+impl Lease {
+    fn new(pool: Arc<ClusterPool>, host_key: &str, addr: SocketAddr, conn: Arc<ConnInfo>) -> Lease {
+        Lease {
+            pool,
+            host_key: host_key.into(),
+            addr,
+            conn,
+            sender: None,
+            released: false,
+        }
+    }
+
+    fn with_sender(mut self, sender: http1::SendRequest<RequestBody>) -> Lease {
+        self.sender = Some(sender);
+        self
+    }
+
+    /// The exchange is over. `reusable`: both bodies completed and nothing asked to close.
+    pub fn finish(mut self, reusable: bool) {
+        let max = self.pool.cluster.max_requests_per_connection;
+        let under_limit = max == 0 || self.conn.requests.load(Ordering::Relaxed) < max;
+        let idle = match self.sender.take() {
+            Some(sender) if reusable && under_limit && !sender.is_closed() => Some(IdleConn {
+                sender,
+                conn: self.conn.clone(),
+                since: Instant::now(),
+            }),
+            _ => None,
+        };
+        self.released = true;
+        self.pool.release(&self.host_key, self.addr, idle);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.released {
+            self.pool.release(&self.host_key, self.addr, None);
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Starting egret in-process on port 0, talking to it, and reading its access log.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use egret::app::Bound;
+use egret::config::{Overrides, Source};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// A running in-process egret with its access log in a temp directory.
+pub struct Egret {
+    pub bound: Bound,
+    /// The first listener's address.
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+/// Loads `yaml` (native or Istio manifests) with `overrides`, binds, and starts egret. The
+/// access log goes to `dir/access.log`.
+pub async fn start_egret(yaml: &str, mut overrides: Overrides, dir: &Path) -> Egret {
+    let log = dir.join("access.log");
+    overrides.access_log = Some(log.display().to_string());
+    let source = Source {
+        name: dir.join("egret.yaml").display().to_string(),
+        text: yaml.to_string(),
+        base_dir: Some(dir.to_path_buf()),
+        params: Vec::new(),
+    };
+    let cfg = egret::config::load(&[source], &overrides)
+        .unwrap_or_else(|e| panic!("config must load:\n{e}"));
+    let (bound, _warnings) = egret::app::build(cfg, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("egret must start: {e}"));
+    let addr = bound.listeners[0].1;
+    Egret { bound, addr, log }
+}
+
+/// Overrides that point `host:port` at `to` (like curl's --connect-to).
+pub fn connect_to(host: &str, port: u16, to: SocketAddr) -> Overrides {
+    let mut o = Overrides::default();
+    o.upstream.connect_to.push(egret::config::ConnectTo {
+        host: Some(host.to_string()),
+        port: Some(port),
+        to,
+    });
+    o
+}
+
+impl Egret {
+    /// Every access-log line written so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.bound.flush_access_log();
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits (up to 5 s) until the log has at least `n` lines, and returns them.
+    pub async fn wait_log_lines(&self, n: usize) -> Vec<String> {
+        for _ in 0..250 {
+            let lines = self.log_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let lines = self.log_lines();
+        panic!(
+            "expected {n} access-log lines, got {}: {lines:#?}",
+            lines.len()
+        );
+    }
+
+    /// The last access-log line, parsed (waits for `n` lines first).
+    pub async fn log_entry(&self, n: usize) -> LogLine {
+        let lines = self.wait_log_lines(n).await;
+        LogLine::parse(&lines[n - 1])
+    }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// One plain HTTP/1.1 request to egret on a fresh connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Resp {
+    request(
+        addr,
+        Request::get(path)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .expect("request"),
+    )
+    .await
+}
+
+/// Sends a request on a fresh connection and reads the whole response.
+pub async fn request<B>(addr: SocketAddr, req: Request<B>) -> Resp
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.expect("connect to egret");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http1 handshake with egret");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("egret answers");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A keep-alive client: every request goes on the same downstream connection.
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).await.expect("connect to egret");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("http1 handshake with egret");
+        tokio::spawn(conn);
+        KeepAlive { sender }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> Resp {
+        self.sender.ready().await.expect("connection ready");
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = self.sender.send_request(req).await.expect("egret answers");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("response body").to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
+
+/// The fields of an access-log line in Istio's default TEXT format.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub start_time: String,
+    pub method: String,
+    pub path: String,
+    pub protocol: String,
+    pub code: u16,
+    pub flags: String,
+    pub details: String,
+    pub termination: String,
+    pub transport_failure: String,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration: u64,
+    pub upstream_service_time: String,
+    pub xff: String,
+    pub user_agent: String,
+    pub request_id: String,
+    pub authority: String,
+    pub upstream_host: String,
+    pub cluster: String,
+    pub upstream_local: String,
+    pub downstream_local: String,
+    pub downstream_remote: String,
+    pub sni: String,
+    pub route: String,
+}
+
+/// The Istio TEXT format as a regex: what log pipelines use to parse Envoy lines.
+pub fn istio_line_regex() -> &'static regex::Regex {
+    static RE: OnceLock<regex::Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(concat!(
+            r#"^\[(?P<start>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "(?P<method>\S+) (?P<path>\S+) (?P<protocol>\S+)" "#,
+            r#"(?P<code>\d+) (?P<flags>\S+) (?P<details>\S+) (?P<term>\S+) "(?P<tfr>[^"]*)" "#,
+            r#"(?P<rx>\d+) (?P<tx>\d+) (?P<dur>\d+) (?P<ust>\S+) "(?P<xff>[^"]*)" "(?P<ua>[^"]*)" "#,
+            r#""(?P<rid>[^"]*)" "(?P<auth>[^"]*)" "(?P<uhost>[^"]*)" (?P<cluster>\S+) (?P<ulocal>\S+) "#,
+            r#"(?P<dlocal>\S+) (?P<dremote>\S+) (?P<sni>\S+) (?P<route>\S+)$"#
+        ))
+        .expect("the Istio line regex compiles")
+    })
+}
+
+impl LogLine {
+    pub fn parse(line: &str) -> LogLine {
+        let c = istio_line_regex()
+            .captures(line)
+            .unwrap_or_else(|| panic!("not an Istio-format access-log line: {line}"));
+        let s = |n: &str| c.name(n).map_or(String::new(), |m| m.as_str().to_string());
+        let n = |n: &str| s(n).parse::<u64>().expect("numeric field");
+        LogLine {
+            start_time: s("start"),
+            method: s("method"),
+            path: s("path"),
+            protocol: s("protocol"),
+            code: s("code").parse().expect("code"),
+            flags: s("flags"),
+            details: s("details"),
+            termination: s("term"),
+            transport_failure: s("tfr"),
+            bytes_received: n("rx"),
+            bytes_sent: n("tx"),
+            duration: n("dur"),
+            upstream_service_time: s("ust"),
+            xff: s("xff"),
+            user_agent: s("ua"),
+            request_id: s("rid"),
+            authority: s("auth"),
+            upstream_host: s("uhost"),
+            cluster: s("cluster"),
+            upstream_local: s("ulocal"),
+            downstream_local: s("dlocal"),
+            downstream_remote: s("dremote"),
+            sni: s("sni"),
+            route: s("route"),
+        }
+    }
+}
+
+/// Writes `pem` to `dir/name` and returns the path as a string for YAML.
+pub fn write(dir: &Path, name: &str, pem: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, pem).expect("write a test file");
+    p.display().to_string()
+}
