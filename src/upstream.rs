@@ -201,7 +201,14 @@ impl ClusterPool {
     ) -> Result<Exchange, SendError> {
         self.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         let host_key: &str = if self.server_name.is_some() { "" } else { host };
-        let addrs = self.addresses(ctx, host, req_port).await?;
+        let (addrs, logical_port) = self.addresses(ctx, host, req_port).await?;
+        let target_host = if host.is_empty()
+            || self.server_name.is_some() && !self.cluster.host.starts_with('*')
+        {
+            self.cluster.host.as_str()
+        } else {
+            host
+        };
         let n = addrs.len();
         let start = self.pick(host_key, &addrs);
         let tries = n.min(MAX_CONNECT_ATTEMPTS);
@@ -238,7 +245,12 @@ impl ClusterPool {
                             req = r;
                         }
                         None => {
-                            return Err(self.exchange_error(e.into_error(), &idle.conn, host));
+                            return Err(self.exchange_error(
+                                e.into_error(),
+                                &idle.conn,
+                                target_host,
+                                logical_port,
+                            ));
                         }
                     },
                 }
@@ -300,7 +312,9 @@ impl ClusterPool {
                         .await
                     {
                         Ok(pair) => pair,
-                        Err(e) => return Err(self.exchange_error(e, &conn, host)),
+                        Err(e) => {
+                            return Err(self.exchange_error(e, &conn, target_host, logical_port));
+                        }
                     };
                     let pool = self.clone();
                     pool.stats.cx_active.fetch_add(1, Ordering::Relaxed);
@@ -319,7 +333,12 @@ impl ClusterPool {
                             conn,
                             lease: lease.with_sender(sender),
                         }),
-                        Err(e) => Err(self.exchange_error(e.into_error(), &conn, host)),
+                        Err(e) => Err(self.exchange_error(
+                            e.into_error(),
+                            &conn,
+                            target_host,
+                            logical_port,
+                        )),
                     };
                 }
             }
@@ -352,8 +371,14 @@ impl ClusterPool {
     }
 
     /// Maps a failure after the connection was established.
-    fn exchange_error(&self, e: hyper::Error, conn: &Arc<ConnInfo>, host: &str) -> SendError {
-        let server = format!("{host}:{}", conn.transport.remote.port());
+    fn exchange_error(
+        &self,
+        e: hyper::Error,
+        conn: &Arc<ConnInfo>,
+        host: &str,
+        port: u16,
+    ) -> SendError {
+        let server = format!("{host}:{port}");
         let tls = connect::tls_failure_in(
             &e,
             self.tls.as_deref(),
@@ -392,20 +417,24 @@ impl ClusterPool {
         }
     }
 
+    /// The addresses to try, and the port they stand for (before `--connect-to`).
     async fn addresses(
         &self,
         ctx: &UpstreamCtx,
         host: &str,
         req_port: u16,
-    ) -> Result<Addrs, ProxyError> {
+    ) -> Result<(Addrs, u16), ProxyError> {
         match &self.cluster.endpoints {
-            Endpoints::Static(v) => Ok(Addrs::Many(v.clone())),
+            Endpoints::Static(v) => Ok((
+                Addrs::Many(v.clone()),
+                v.first().map_or(self.cluster.port, |a| a.port()),
+            )),
             Endpoints::Dns(eps) if eps.len() == 1 => {
                 let ep = &eps[0];
                 let name = ep.name.as_deref().unwrap_or(host);
                 let port = ep.port.unwrap_or(req_port);
                 if let Some(to) = ctx.overrides.connect_to(name, port) {
-                    return Ok(Addrs::Many(vec![to]));
+                    return Ok((Addrs::Many(vec![to]), port));
                 }
                 let ips =
                     ctx.dns
@@ -415,7 +444,7 @@ impl ClusterPool {
                             target: format!("{name}:{port}"),
                             reason: format!("{e} (cluster {})", self.cluster.name),
                         })?;
-                Ok(Addrs::One { ips, port })
+                Ok((Addrs::One { ips, port }, port))
             }
             Endpoints::Dns(eps) => {
                 let mut out = Vec::new();
@@ -441,7 +470,8 @@ impl ClusterPool {
                         ),
                     });
                 }
-                Ok(Addrs::Many(out))
+                let port = eps.first().and_then(|e| e.port).unwrap_or(req_port);
+                Ok((Addrs::Many(out), port))
             }
         }
     }

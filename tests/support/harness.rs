@@ -255,3 +255,139 @@ pub fn write(dir: &Path, name: &str, pem: &str) -> String {
     std::fs::write(&p, pem).expect("write a test file");
     p.display().to_string()
 }
+
+/// The `egret` binary running as a child process (killed on drop).
+pub struct EgretProcess {
+    pub child: std::process::Child,
+    /// The first listener's bound address (read from egret's "listening on" line).
+    pub addr: SocketAddr,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EgretProcess {
+    /// Starts `egret` with `args` and waits until it listens.
+    pub fn start(args: &[&str]) -> EgretProcess {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the egret binary");
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        {
+            let out = child.stdout.take().expect("stdout");
+            let lines = stdout.clone();
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    lines.lock().expect("lock").push(l);
+                }
+            });
+        }
+        {
+            let err = child.stderr.take().expect("stderr");
+            let lines = stderr.clone();
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Some(rest) = l.strip_prefix("egret: listening on ")
+                        && let Some(addr) = rest.split(' ').next()
+                        && let Ok(a) = addr.parse()
+                    {
+                        let _ = tx.send(a);
+                    }
+                    lines.lock().expect("lock").push(l);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("egret did not start: {:#?}", stderr.lock().expect("lock"));
+            }
+        };
+        EgretProcess {
+            child,
+            addr,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (up to 5 s) for at least `n` stdout lines (the access log) and returns them.
+    pub fn wait_stdout(&self, n: usize) -> Vec<String> {
+        for _ in 0..250 {
+            let lines = self.stdout.lock().expect("lock").clone();
+            if lines.len() >= n {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "expected {n} stdout lines; stdout: {:#?}; stderr: {:#?}",
+            self.stdout.lock().expect("lock"),
+            self.stderr.lock().expect("lock")
+        );
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        s.lines()
+            .find_map(|l| {
+                l.strip_prefix(field)
+                    .and_then(|r| r.trim_start_matches(':').trim().strip_suffix("kB"))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} not in /proc/PID/status"))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        for _ in 0..500 {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("egret did not exit after SIGTERM");
+    }
+}
+
+impl Drop for EgretProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs curl with `args`; returns (exit code, stdout, stderr).
+pub fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("run curl (apt-get install -y curl)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
