@@ -1102,28 +1102,28 @@ mod serde_json_lite {
         p.expect(b'{')?;
         let mut out = Vec::new();
         p.ws();
-        let empty = p.peek() == Some(b'}');
-        if empty {
+        if p.peek() == Some(b'}') {
             p.i += 1;
-        }
-        while !empty {
-            p.ws();
-            let k = p.string()?;
-            p.ws();
-            p.expect(b':')?;
-            p.ws();
-            let v = p
-                .string()
-                .map_err(|e| format!("the value of \"{k}\" must be a string: {e}"))?;
-            out.push((k, v));
-            p.ws();
-            match p.peek() {
-                Some(b',') => p.i += 1,
-                Some(b'}') => {
-                    p.i += 1;
-                    break;
+        } else {
+            loop {
+                p.ws();
+                let k = p.string()?;
+                p.ws();
+                p.expect(b':')?;
+                p.ws();
+                let v = p
+                    .string()
+                    .map_err(|e| format!("the value of \"{k}\" must be a string: {e}"))?;
+                out.push((k, v));
+                p.ws();
+                match p.peek() {
+                    Some(b',') => p.i += 1,
+                    Some(b'}') => {
+                        p.i += 1;
+                        break;
+                    }
+                    _ => return Err(format!("expected ',' or '}}' at byte {}", p.i)),
                 }
-                _ => return Err(format!("expected ',' or '}}' at byte {}", p.i)),
             }
         }
         p.ws();

@@ -63,12 +63,7 @@ pub async fn handle(
     rec.method = Some(req.method().clone());
     rec.protocol = Some(req.version());
     rec.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
-    let mut pending = Pending(Some(Box::new(Finish {
-        rec,
-        log: rt.access_log.clone(),
-        lease: None,
-        progress: None,
-    })));
+    let mut pending = Pending::new(rec, rt.access_log.clone());
     let Some(listener) = rt.config.listeners.get(conn.listener) else {
         return pending.reply(
             ProxyError::BadRequest("the listener is gone (configuration reloaded)".into()),
@@ -315,10 +310,8 @@ fn upstream_host_header(
     let from_uri_differs = headers
         .get(header::HOST)
         .is_none_or(|h| h.as_bytes() != authority.as_str().as_bytes());
-    if let (Some(p), true) = (authority.port_u16(), pool.strips_port_from_host()) {
-        if p == pool.cluster.port {
-            return HeaderValue::from_str(authority.host()).ok();
-        }
+    if pool.strips_port_from_host() && authority.port_u16() == Some(pool.cluster.port) {
+        return HeaderValue::from_str(authority.host()).ok();
     }
     if from_uri_differs {
         return HeaderValue::from_str(authority.as_str()).ok();
@@ -369,27 +362,42 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The access-log state of a request before its response exists; dropping it (the client went
 /// away) still writes the line.
-struct Pending(Option<Box<Finish>>);
+struct Pending(Option<Box<Finish>>, Arc<AccessLog>);
 
 impl Pending {
+    fn new(rec: AccessRecord, log: Arc<AccessLog>) -> Pending {
+        Pending(
+            Some(Box::new(Finish {
+                rec,
+                log: log.clone(),
+                lease: None,
+                progress: None,
+            })),
+            log,
+        )
+    }
+
+    /// The state; it is only absent after `take`, which ends its use. Should that invariant ever
+    /// break, a fresh (unlogged) record keeps the request path panic-free.
+    fn state(&mut self) -> &mut Finish {
+        let log = &self.1;
+        self.0
+            .get_or_insert_with(|| Box::new(Finish::orphan(log.clone())))
+    }
+
     fn rec_mut(&mut self) -> &mut AccessRecord {
-        #[allow(clippy::expect_used)]
-        &mut self
-            .0
-            .as_mut()
-            .expect("pending request state is present until taken")
-            .rec
+        &mut self.state().rec
     }
 
     fn set_progress(&mut self, p: Arc<BodyProgress>) {
-        if let Some(f) = self.0.as_mut() {
-            f.progress = Some(p);
-        }
+        self.state().progress = Some(p);
     }
 
     fn take(&mut self) -> Box<Finish> {
-        #[allow(clippy::expect_used)]
-        self.0.take().expect("pending request state is taken once")
+        match self.0.take() {
+            Some(f) => f,
+            None => Box::new(Finish::orphan(self.1.clone())),
+        }
     }
 
     /// A local reply for `err`.
@@ -489,6 +497,16 @@ enum Outcome {
 }
 
 impl Finish {
+    fn orphan(log: Arc<AccessLog>) -> Finish {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Finish {
+            rec: AccessRecord::new(unspecified, unspecified, 0),
+            log,
+            lease: None,
+            progress: None,
+        }
+    }
+
     fn complete(mut self: Box<Self>, outcome: Outcome) {
         let now = Instant::now();
         let rec = &mut self.rec;

@@ -47,8 +47,8 @@ pub struct RouteTable {
 #[derive(Debug, Default)]
 pub struct VirtualHosts {
     exact: HashMap<Box<str>, usize>,
-    /// `(".example.com", index)`, longest suffix first.
-    suffixes: Vec<(Box<str>, usize)>,
+    /// `".example.com"` -> index, for `*.example.com`.
+    suffixes: HashMap<Box<str>, usize>,
     any: Option<usize>,
     pub hosts: Vec<VirtualHost>,
 }
@@ -272,9 +272,15 @@ impl VirtualHosts {
         if let Some(&i) = self.exact.get(host) {
             return Some(&self.hosts[i]);
         }
-        for (suffix, i) in &self.suffixes {
-            if host.len() > suffix.len() && host.ends_with(&**suffix) {
-                return Some(&self.hosts[*i]);
+        if !self.suffixes.is_empty() {
+            // Longest suffix first: try ".b.c" then ".c" for "a.b.c". The label before the dot
+            // is never empty, so `*.example.com` does not match "example.com".
+            for (i, b) in host.bytes().enumerate().skip(1) {
+                if b == b'.'
+                    && let Some(&v) = self.suffixes.get(&host[i..])
+                {
+                    return Some(&self.hosts[v]);
+                }
             }
         }
         self.any.map(|i| &self.hosts[i])
@@ -285,7 +291,7 @@ impl VirtualHosts {
         let i = if domain == "*" {
             self.any?
         } else if let Some(suffix) = domain.strip_prefix('*') {
-            self.suffixes.iter().find(|(s, _)| &**s == suffix)?.1
+            *self.suffixes.get(suffix)?
         } else {
             *self.exact.get(domain)?
         };
@@ -303,8 +309,7 @@ impl VirtualHosts {
         if domain == "*" {
             self.any = Some(i);
         } else if let Some(suffix) = domain.strip_prefix('*') {
-            self.suffixes.push((suffix.into(), i));
-            self.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+            self.suffixes.insert(suffix.into(), i);
         } else {
             self.exact.insert(domain.into(), i);
         }

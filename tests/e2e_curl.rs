@@ -63,7 +63,14 @@ async fn curl_through_egret_binary_with_a_config_file() {
     .await;
     assert_eq!((code, out.as_str()), (0, "502"));
 
-    let lines = egret.wait_stdout(3);
+    // h2c with prior knowledge: :authority carries the host.
+    let b = base.clone();
+    let (code, body, err) =
+        blocking(move || curl(&["--http2-prior-knowledge", &b, "-H", "Host: api.test"])).await;
+    assert_eq!(code, 0, "curl h2c failed: {err}");
+    assert_eq!(body, "hello from simple\n");
+
+    let lines = egret.wait_stdout(4);
     let l: Vec<LogLine> = lines.iter().map(|l| LogLine::parse(l)).collect();
     assert!(l[0].user_agent.starts_with("curl/"), "{:?}", l[0]);
     assert_eq!(

@@ -179,6 +179,7 @@ pub async fn start_tls_at(opts: UpstreamOptions, bind: SocketAddr) -> Upstream {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
+                let _ = tcp.set_nodelay(true);
                 let id = counters.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 let acceptor = acceptor.clone();
                 let counters = counters.clone();
@@ -243,6 +244,7 @@ pub async fn start_plain(name: &str) -> Upstream {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
+                let _ = tcp.set_nodelay(true);
                 let id = counters.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 counters.handshakes.fetch_add(1, Ordering::SeqCst);
                 let info = ConnInfo {
