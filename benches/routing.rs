@@ -5,8 +5,7 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use egret::route::{
-    Fallback, HttpRoute, PortSource, RequestInfo, RouteAction, RouteTable, VirtualHost,
-    WeightedClusters,
+    Fallback, HttpRoute, PortSource, RequestInfo, RouteTable, VirtualHost, WeightedClusters,
 };
 use http::{HeaderMap, Method};
 
@@ -21,12 +20,7 @@ fn table(n: usize) -> RouteTable {
             v.insert(VirtualHost {
                 name: format!("{domain}:80"),
                 domain,
-                routes: vec![HttpRoute {
-                    name: None,
-                    matches: Vec::new(),
-                    action: RouteAction::Forward(WeightedClusters::single(i)),
-                    timeout: None,
-                }],
+                routes: vec![HttpRoute::forward(None, WeightedClusters::single(i), None)],
             });
         }
     }

@@ -36,6 +36,11 @@ pub enum StartError {
 /// loading TLS material are appended to `warnings`.
 pub fn runtime(config: Config, warnings: &mut Vec<Problem>) -> Result<Runtime, StartError> {
     let tls = TlsContexts::build(&config, warnings)?;
+    let listener_tls = tls
+        .by_listener
+        .iter()
+        .map(|c| c.clone().map(tokio_rustls::TlsAcceptor::from))
+        .collect();
     let dns = Arc::new(Dns::new(&config.dns, &config.upstream_overrides.resolve));
     let pools = config
         .clusters
@@ -69,6 +74,7 @@ pub fn runtime(config: Config, warnings: &mut Vec<Problem>) -> Result<Runtime, S
         config: Arc::new(config),
         pools,
         access_log: Arc::new(access_log),
+        listener_tls,
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod diag;
 pub mod istio;
+pub mod k8s;
 pub mod native;
 pub mod spec;
 
@@ -50,6 +51,8 @@ pub struct Config {
     pub upstream_overrides: UpstreamOverrides,
     /// Warnings found while loading (errors never make it into a `Config`).
     pub warnings: Vec<Problem>,
+    /// `meshConfig.defaultConfig.drainDuration`, when given.
+    pub drain_duration: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -59,6 +62,20 @@ pub struct Listener {
     pub routes: Arc<RouteTable>,
     /// Gateways append the peer to `x-forwarded-for` (Envoy `use_remote_address: true`).
     pub use_remote_address: bool,
+    /// TLS termination (Gateway servers with `tls` SIMPLE or MUTUAL).
+    pub tls: Option<Arc<ServerTlsPolicy>>,
+}
+
+/// TLS a listener terminates (Istio's ServerTLSSettings, SIMPLE or MUTUAL).
+#[derive(Clone, Debug)]
+pub struct ServerTlsPolicy {
+    pub cert: PemSource,
+    pub key: PemSource,
+    /// MUTUAL: client certificates must chain to these roots.
+    pub client_ca: Option<PemSource>,
+    /// OPTIONAL_MUTUAL: ask for a client certificate but accept connections without one.
+    pub client_cert_optional: bool,
+    pub origin: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,6 +282,41 @@ pub enum TlsMode {
     Mutual,
 }
 
+/// PEM material: a file, or bytes from a Kubernetes Secret (`credentialName`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum PemSource {
+    File(PathBuf),
+    /// `label` says where it came from (`secret default/egress-certs key tls.key`); the bytes are
+    /// never printed.
+    Inline {
+        label: String,
+        pem: Arc<[u8]>,
+    },
+}
+
+impl PemSource {
+    /// The file path, or where the bytes came from.
+    pub fn describe(&self) -> String {
+        match self {
+            PemSource::File(p) => p.display().to_string(),
+            PemSource::Inline { label, .. } => label.clone(),
+        }
+    }
+
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            PemSource::File(p) => std::fs::read(p),
+            PemSource::Inline { pem, .. } => Ok(pem.to_vec()),
+        }
+    }
+}
+
+impl std::fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 /// Where trust anchors for the upstream's certificate come from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TrustRoots {
@@ -272,8 +324,8 @@ pub enum TrustRoots {
     WebPki,
     /// The operating system's store (`caCertificates: system`).
     System,
-    /// A PEM bundle (`caCertificates: /path`).
-    File(PathBuf),
+    /// A PEM bundle (`caCertificates: /path`, `--ca-bundle`, or a Secret's `ca.crt`).
+    Pem(PemSource),
 }
 
 /// A client TLS policy (`ClientTLSSettings` after validation). Paths only; the material is
@@ -282,9 +334,9 @@ pub enum TrustRoots {
 pub struct TlsPolicy {
     pub mode: TlsMode,
     pub roots: TrustRoots,
-    /// MUTUAL: certificate chain and key files.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    pub crl: Option<PathBuf>,
+    /// MUTUAL: certificate chain and key.
+    pub client_cert: Option<(PemSource, PemSource)>,
+    pub crl: Option<PemSource>,
     /// Explicit SNI; `None` = the routed host (never an IP).
     pub sni: Option<String>,
     /// Names the server certificate must carry (any one of them); empty = the SNI name.
@@ -321,7 +373,7 @@ impl TlsPolicy {
         match &self.roots {
             TrustRoots::WebPki => "webpki roots".into(),
             TrustRoots::System => "system roots".into(),
-            TrustRoots::File(p) => p.display().to_string(),
+            TrustRoots::Pem(p) => p.describe(),
         }
     }
 }
@@ -483,7 +535,21 @@ pub struct Overrides {
     pub upstream: UpstreamOverrides,
     pub outbound_policy: Option<OutboundPolicy>,
     pub access_log: Option<String>,
+    /// `--ca-bundle`: the trust roots of every TLS policy without `caCertificates`.
+    pub ca_bundle: Option<PathBuf>,
+    /// `--mount FROM=TO`: files under FROM (e.g. a pod's /etc/istio/egress-certs) are read from TO.
+    pub mounts: Vec<(PathBuf, PathBuf)>,
     pub istio: istio::IstioOptions,
+}
+
+/// Applies `--mount FROM=TO` to a path.
+pub fn map_path(mounts: &[(PathBuf, PathBuf)], p: &Path) -> PathBuf {
+    for (from, to) in mounts {
+        if let Ok(rest) = p.strip_prefix(from) {
+            return to.join(rest);
+        }
+    }
+    p.to_path_buf()
 }
 
 /// One configuration input: a name for messages and its text.
@@ -593,13 +659,27 @@ pub fn load(sources: &[Source], overrides: &Overrides) -> Result<Config, ConfigE
     let mut problems = Problems::default();
     let mut model = Model::default();
     for source in sources {
-        if istio::looks_like_kubernetes(&source.text) {
-            istio::parse_source(source, &overrides.istio, &mut model, &mut problems);
-        } else {
-            native::parse_source(source, &mut model, &mut problems);
+        let mut params = source.params.clone();
+        params.extend(overrides.istio.params.iter().cloned());
+        for doc in k8s::split_documents(&source.text) {
+            if k8s::is_kubernetes(doc.text) {
+                k8s::parse_doc(source, &doc, &params, &mut model, &mut problems);
+            } else {
+                native::parse_doc(source, &doc, &mut model, &mut problems);
+            }
         }
     }
-    istio::resolve(&mut model, &overrides.istio, &mut problems);
+    if let Some(mesh) = &overrides.istio.mesh_config {
+        let src = k8s::ObjSource {
+            origin: Origin::file(&mesh.name),
+            prefix: String::new(),
+            base_dir: mesh.base_dir.clone(),
+        };
+        k8s::mesh_config(&mesh.text, &src, &mut model, &mut problems);
+    }
+    let mut istio_opts = overrides.istio.clone();
+    istio_opts.mounts = overrides.mounts.clone();
+    istio::resolve(&mut model, &istio_opts, &mut problems);
     let config = build(model, overrides, &mut problems);
     if problems.has_errors() {
         return Err(ConfigError {
@@ -620,8 +700,12 @@ pub struct Model {
     pub outbound_policy: Option<(OutboundPolicy, Origin)>,
     pub dns: Option<(DnsConfig, Origin)>,
     pub access_log: Option<(AccessLogConfig, Origin)>,
-    /// Routing produced by Istio VirtualServices/Gateways; `None` = default routes only.
-    pub istio: Option<istio::Routing>,
+    /// Kubernetes objects collected from the sources (Istio resources, Secrets, MeshConfig).
+    pub istio: Option<istio::Store>,
+    /// Routing produced by Istio VirtualServices and Gateways.
+    pub routing: Option<istio::Routing>,
+    /// `meshConfig.defaultConfig.drainDuration`, when given.
+    pub drain_duration: Option<Duration>,
 }
 
 /// One declared host with its ports (a ServiceEntry host, or a native destination host).
@@ -638,6 +722,8 @@ pub struct ServiceDecl {
     /// Request timeout for the default route (native `timeout`).
     pub timeout: Option<Duration>,
     pub namespace: Option<String>,
+    /// ServiceEntry `subjectAltNames`: used when the TLS policy gives none.
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -653,6 +739,8 @@ pub enum Resolution {
     Dns,
     DnsRoundRobin,
     Static,
+    /// Istio's "original destination": egret resolves the host the request names, which is what
+    /// the app itself would have connected to.
     None,
 }
 
@@ -665,6 +753,31 @@ pub struct PolicyDecl {
     pub path: String,
     /// Directory relative file paths are resolved against.
     pub base_dir: Option<PathBuf>,
+    /// DestinationRule `subsets`.
+    pub subsets: Vec<spec::SubsetSpec>,
+    /// Where `credentialName` is looked up.
+    pub credentials: Option<Arc<istio::Credentials>>,
+    /// The namespace of the rule (for `credentialName`).
+    pub namespace: String,
+}
+
+impl PolicyDecl {
+    pub fn native(
+        spec: TrafficPolicySpec,
+        origin: &Origin,
+        path: String,
+        base_dir: Option<PathBuf>,
+    ) -> PolicyDecl {
+        PolicyDecl {
+            spec,
+            origin: origin.clone(),
+            path,
+            base_dir,
+            subsets: Vec::new(),
+            credentials: None,
+            namespace: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -676,18 +789,21 @@ pub struct ListenerDecl {
     pub origin: Origin,
 }
 
+/// A default route (no VirtualService): port, host, cluster, timeout, origin.
+pub(crate) type DefaultRoute = (u16, String, ClusterId, Option<Duration>, String);
+
 /// Lowers the model into a `Config`, checking everything that needs the whole picture.
-fn build(model: Model, overrides: &Overrides, problems: &mut Problems) -> Config {
+fn build(mut model: Model, overrides: &Overrides, problems: &mut Problems) -> Config {
     let outbound_policy = overrides
         .outbound_policy
         .or(model.outbound_policy.as_ref().map(|(p, _)| *p))
         .unwrap_or(OutboundPolicy::RegistryOnly);
 
-    let mut dns = model.dns.map(|(d, _)| d).unwrap_or_default();
+    let mut dns = model.dns.take().map(|(d, _)| d).unwrap_or_default();
     if !overrides.dns_servers.is_empty() {
         dns.servers = overrides.dns_servers.clone();
     }
-    let (mut access_log, log_origin) = model.access_log.unwrap_or_else(|| {
+    let (mut access_log, log_origin) = model.access_log.take().unwrap_or_else(|| {
         (
             AccessLogConfig::default(),
             Origin::file(EMBEDDED_DEFAULT_NAME),
@@ -710,39 +826,77 @@ fn build(model: Model, overrides: &Overrides, problems: &mut Problems) -> Config
         );
     }
 
-    // Clusters: one per (host, service port) of every declared service.
+    // Clusters: one per (host, service port) of every declared service, plus the subset
+    // clusters that routes name.
     let mut clusters: Vec<Arc<Cluster>> = Vec::new();
     let mut by_name: HashMap<String, ClusterId> = HashMap::new();
     let mut tls_cache: HashMap<String, Option<Arc<TlsPolicy>>> = HashMap::new();
-    let mut default_routes: Vec<(u16, String, ClusterId, Option<Duration>, String)> = Vec::new();
+    let mut default_routes: Vec<DefaultRoute> = Vec::new();
+    let ca_bundle = overrides.ca_bundle.as_deref();
+    let mounts = overrides.mounts.as_slice();
+    let mut wanted_subsets: Vec<(String, u16, String)> = model
+        .routing
+        .as_ref()
+        .map(|r| r.subset_refs())
+        .unwrap_or_default();
+    wanted_subsets.sort();
+    wanted_subsets.dedup();
     for svc in &model.services {
         for port in &svc.ports {
-            let cluster = lower_cluster(svc, port, None, problems, &mut tls_cache);
-            let Some(cluster) = cluster else { continue };
-            if let Some(&prev) = by_name.get(&cluster.name) {
-                problems.error(
-                    &svc.origin,
-                    format!("{}.ports[number={}]", svc.path, port.number),
-                    format!(
-                        "host {} port {} is declared twice (also by {})",
-                        svc.host, port.number, clusters[prev].origin
-                    ),
-                    Some("declare each host and port once; merge the two entries".into()),
-                );
-                continue;
+            let subsets = wanted_subsets
+                .iter()
+                .filter(|(h, p, _)| *h == svc.host && *p == port.number)
+                .map(|(_, _, s)| Some(s.as_str()));
+            for subset in std::iter::once(None).chain(subsets) {
+                let subset_spec = match subset {
+                    None => None,
+                    Some(name) => {
+                        match svc
+                            .policy
+                            .as_ref()
+                            .and_then(|p| p.subsets.iter().find(|s| s.name == name))
+                        {
+                            Some(s) => Some(s),
+                            None => continue, // reported by the Istio resolver
+                        }
+                    }
+                };
+                let Some(cluster) = lower_cluster(
+                    svc,
+                    port,
+                    subset_spec,
+                    problems,
+                    &mut tls_cache,
+                    ca_bundle,
+                    mounts,
+                ) else {
+                    continue;
+                };
+                if let Some(&prev) = by_name.get(&cluster.name) {
+                    problems.error(
+                        &svc.origin,
+                        format!("{}.ports[number={}]", svc.path, port.number),
+                        format!(
+                            "host {} port {} is declared twice (also by {})",
+                            svc.host, port.number, clusters[prev].origin
+                        ),
+                        Some("declare each host and port once; merge the two entries".into()),
+                    );
+                    continue;
+                }
+                let id = clusters.len();
+                by_name.insert(cluster.name.clone(), id);
+                if subset.is_none() && port.protocol.is_http() {
+                    default_routes.push((
+                        port.number,
+                        svc.host.clone(),
+                        id,
+                        svc.timeout,
+                        cluster.origin.clone(),
+                    ));
+                }
+                clusters.push(Arc::new(cluster));
             }
-            let id = clusters.len();
-            by_name.insert(cluster.name.clone(), id);
-            if port.protocol.is_http() {
-                default_routes.push((
-                    port.number,
-                    svc.host.clone(),
-                    id,
-                    svc.timeout,
-                    cluster.origin.clone(),
-                ));
-            }
-            clusters.push(Arc::new(cluster));
         }
     }
 
@@ -770,15 +924,14 @@ fn build(model: Model, overrides: &Overrides, problems: &mut Problems) -> Config
         OutboundPolicy::AllowAny => Fallback::AllowAny(passthrough),
     };
 
-    // Listeners.
+    // Listeners: the outbound (sidecar) listeners, then the gateway listeners.
+    let gateway_role = model
+        .routing
+        .as_ref()
+        .is_some_and(istio::Routing::is_gateway);
     let mut listeners = Vec::new();
     let mut decls = model.listeners.clone();
-    if decls.is_empty()
-        && model
-            .istio
-            .as_ref()
-            .is_none_or(|r| !r.has_gateway_listeners())
-    {
+    if decls.is_empty() && !gateway_role {
         decls.push(ListenerDecl {
             name: "outbound".into(),
             address: DEFAULT_OUTBOUND_LISTEN
@@ -799,38 +952,37 @@ fn build(model: Model, overrides: &Overrides, problems: &mut Problems) -> Config
             }),
         }
     }
-    let mut seen_addrs: HashMap<SocketAddr, String> = HashMap::new();
     for decl in &decls {
-        if let Some(prev) = seen_addrs.insert(decl.address, decl.name.clone()) {
-            problems.error(
-                &decl.origin,
-                "listeners",
-                format!(
-                    "listener \"{}\" and listener \"{prev}\" both use {}",
-                    decl.name, decl.address
-                ),
-                Some("give each listener its own address or port".into()),
-            );
-        }
         let port_source = decl.port.map_or(PortSource::Request, PortSource::Fixed);
         let mut table = RouteTable::new(port_source, fallback.clone());
-        let routes = match &model.istio {
-            Some(r) if r.has_routes() => {
-                r.sidecar_routes(&mut table, &by_name, decl.port, problems);
-                &[][..]
-            }
-            _ => &default_routes[..],
-        };
-        add_default_routes(&mut table, routes, decl.port, problems);
+        if let Some(r) = &model.routing {
+            r.sidecar_routes(&mut table, &by_name, decl.port, problems);
+        }
+        add_default_routes(&mut table, &default_routes, decl.port, problems);
         listeners.push(Listener {
             name: decl.name.clone(),
             address: decl.address,
             routes: Arc::new(table),
             use_remote_address: false,
+            tls: None,
         });
     }
-    if let Some(r) = &model.istio {
-        r.gateway_listeners(&mut listeners, &by_name, &default_routes, problems);
+    if let Some(r) = &model.routing {
+        r.gateway_listeners(&mut listeners, &by_name, problems);
+    }
+    let mut seen_addrs: HashMap<SocketAddr, String> = HashMap::new();
+    for l in &listeners {
+        if l.address.port() == 0 {
+            continue;
+        }
+        if let Some(prev) = seen_addrs.insert(l.address, l.name.clone()) {
+            problems.error(
+                &Origin::file("listeners"),
+                "",
+                format!("listener \"{}\" and listener \"{prev}\" both use {}", l.name, l.address),
+                Some("give each listener its own address or port (--bind-port maps a Gateway port to another)".into()),
+            );
+        }
     }
 
     Config {
@@ -841,14 +993,16 @@ fn build(model: Model, overrides: &Overrides, problems: &mut Problems) -> Config
         access_log,
         upstream_overrides: overrides.upstream.clone(),
         warnings: Vec::new(),
+        drain_duration: model.drain_duration,
     }
 }
 
 /// Adds the route Istio generates when no VirtualService applies: every request for the host
-/// and port goes to its cluster (route name `default`).
+/// and port goes to its cluster (route name `default`). Hosts that already have a virtual host
+/// (from a VirtualService) are left alone.
 pub(crate) fn add_default_routes(
     table: &mut RouteTable,
-    routes: &[(u16, String, ClusterId, Option<Duration>, String)],
+    routes: &[DefaultRoute],
     only_port: Option<u16>,
     problems: &mut Problems,
 ) {
@@ -857,21 +1011,17 @@ pub(crate) fn add_default_routes(
             continue;
         }
         let vhosts = table.vhosts_mut(*port);
-        if let Some(existing) = vhosts.get_mut(host) {
-            // Another declaration already routes this host and port (reported as a duplicate
-            // cluster), or a VirtualService owns it: keep the first.
-            let _ = existing;
+        if vhosts.get_mut(host).is_some() {
             continue;
         }
         let inserted = vhosts.insert(VirtualHost {
             name: format!("{host}:{port}"),
             domain: host.clone(),
-            routes: vec![HttpRoute {
-                name: Some(Arc::from("default")),
-                matches: Vec::new(),
-                action: RouteAction::Forward(WeightedClusters::single(*cluster)),
-                timeout: *timeout,
-            }],
+            routes: vec![HttpRoute::forward(
+                Some(Arc::from("default")),
+                WeightedClusters::single(*cluster),
+                *timeout,
+            )],
         });
         if !inserted {
             problems.error(
@@ -884,79 +1034,83 @@ pub(crate) fn add_default_routes(
     }
 }
 
-/// Builds the cluster for one host and port, applying the destination's traffic policy
-/// (port-level settings win wholesale, as in Istio).
+/// Builds the cluster for one host and port (and subset), applying the destination's traffic
+/// policy: port-level settings win wholesale, and a subset's policy overrides field by field,
+/// as in Istio.
 pub(crate) fn lower_cluster(
     svc: &ServiceDecl,
     port: &PortDecl,
-    subset: Option<(&str, &TrafficPolicySpec)>,
+    subset: Option<&spec::SubsetSpec>,
     problems: &mut Problems,
     tls_cache: &mut HashMap<String, Option<Arc<TlsPolicy>>>,
+    ca_bundle: Option<&Path>,
+    mounts: &[(PathBuf, PathBuf)],
 ) -> Option<Cluster> {
     let name = format!(
         "outbound|{}|{}|{}",
         port.number,
-        subset.map_or("", |(s, _)| s),
+        subset.map_or("", |s| s.name.as_str()),
         svc.host
     );
     let target_port = port.target_port.unwrap_or(port.number);
     let wildcard = svc.host.starts_with('*');
 
-    // Effective policy: port-level entry for this service port, else the top level. A subset's
-    // policy overrides field by field.
+    // Effective policy: port-level entry for this service port, else the top level; then the
+    // subset's policy (its port-level entry, else its top level) over that.
     let mut tls_spec: Option<(TlsSpec, String)> = None;
     let mut pool = None;
     let mut lb = None;
-    let mut policy_origin = None;
-    let mut apply =
-        |tp: &TrafficPolicySpec, path: &str, origin: &Origin, base: &Option<PathBuf>| {
-            let port_level = tp
-                .port_level_settings
-                .iter()
-                .enumerate()
-                .find(|(_, p)| p.port.number == u32::from(port.number));
-            if let Some((i, pl)) = port_level {
-                tls_spec = pl
-                    .tls
-                    .clone()
-                    .map(|t| (t, format!("{path}.portLevelSettings[{i}].tls")));
-                pool = pl.connection_pool.clone();
-                lb = pl.load_balancer.clone();
-            } else {
-                if tp.tls.is_some() {
-                    tls_spec = tp.tls.clone().map(|t| (t, format!("{path}.tls")));
-                }
-                if tp.connection_pool.is_some() {
-                    pool = tp.connection_pool.clone();
-                }
-                if tp.load_balancer.is_some() {
-                    lb = tp.load_balancer.clone();
-                }
+    let mut apply = |tp: &TrafficPolicySpec, path: &str| {
+        let port_level = tp
+            .port_level_settings
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.port.number == u32::from(port.number));
+        if let Some((i, pl)) = port_level {
+            tls_spec = pl
+                .tls
+                .clone()
+                .map(|t| (t, format!("{path}.portLevelSettings[{i}].tls")));
+            pool = pl.connection_pool.clone();
+            lb = pl.load_balancer.clone();
+        } else {
+            if tp.tls.is_some() {
+                tls_spec = tp.tls.clone().map(|t| (t, format!("{path}.tls")));
             }
-            policy_origin = Some((origin.clone(), base.clone()));
-        };
+            if tp.connection_pool.is_some() {
+                pool = tp.connection_pool.clone();
+            }
+            if tp.load_balancer.is_some() {
+                lb = tp.load_balancer.clone();
+            }
+        }
+    };
     if let Some(p) = &svc.policy {
-        apply(&p.spec, &p.path, &p.origin, &p.base_dir);
-    }
-    if let (Some((sname, stp)), Some(p)) = (subset, &svc.policy) {
-        apply(
-            stp,
-            &format!(
-                "{}.subsets[name={sname}].trafficPolicy",
-                p.path.trim_end_matches(".trafficPolicy")
-            ),
-            &p.origin,
-            &p.base_dir,
-        );
+        apply(&p.spec, &p.path);
+        if let Some(s) = subset
+            && let Some(stp) = &s.traffic_policy
+        {
+            let base = p.path.trim_end_matches(".trafficPolicy");
+            apply(
+                stp,
+                &format!("{base}.subsets[name={}].trafficPolicy", s.name),
+            );
+        }
     }
 
-    let tls = match (&tls_spec, &policy_origin) {
-        (Some((spec, path)), Some((origin, base))) => {
-            let key = format!("{origin}|{path}");
+    let tls = match (&tls_spec, &svc.policy) {
+        (Some((spec, path)), Some(p)) => {
+            let key = format!("{}|{path}", p.origin);
             match tls_cache.get(&key) {
                 Some(t) => t.clone(),
                 None => {
-                    let t = lower_tls(spec, origin, path, base.as_deref(), problems);
+                    let ctx = TlsCtx {
+                        base_dir: p.base_dir.as_deref(),
+                        ca_bundle,
+                        credentials: p.credentials.as_deref().map(|c| (c, p.namespace.as_str())),
+                        mounts,
+                    };
+                    let t = lower_tls(spec, &p.origin, path, &ctx, problems);
                     tls_cache.insert(key, t.clone());
                     t
                 }
@@ -964,30 +1118,45 @@ pub(crate) fn lower_cluster(
         }
         _ => None,
     };
-    if tls.is_some()
-        && matches!(port.protocol, Protocol::Https | Protocol::Tls)
-        && svc.policy.is_some()
-    {
-        // Only meaningful when the app already speaks TLS to this port: egret would wrap TLS in
-        // TLS. Gateways legitimately originate TLS to an HTTPS port (the route sends plain HTTP
-        // there), so this is a warning.
-        problems.warn(
-            &svc.origin,
-            format!("{}.ports[number={}]", svc.path, port.number),
-            format!(
-                "port {} of {} is declared {} and the traffic policy originates TLS to it; an app that already speaks TLS to this port would get TLS inside TLS",
-                port.number,
-                svc.host,
-                port.protocol.as_str()
-            ),
-            Some("fine when plain HTTP is routed to this port (egress gateway); otherwise declare the port HTTP and let egret do the TLS".into()),
-        );
-    }
+    // ServiceEntry subjectAltNames apply when the rule gives none.
+    let tls = match tls {
+        Some(t) if t.subject_alt_names.is_empty() && !svc.subject_alt_names.is_empty() => {
+            let mut t = (*t).clone();
+            t.subject_alt_names = svc.subject_alt_names.clone();
+            Some(Arc::new(t))
+        }
+        t => t,
+    };
+
+    // Subset labels select endpoints by their labels.
+    let endpoints_src: Vec<&EndpointSpec> = match subset {
+        Some(s) if !s.labels.is_empty() => {
+            let selected: Vec<&EndpointSpec> = svc
+                .endpoints
+                .iter()
+                .filter(|ep| s.labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+                .collect();
+            if selected.is_empty() {
+                problems.error(
+                    &svc.policy.as_ref().map_or_else(|| svc.origin.clone(), |p| p.origin.clone()),
+                    format!("subsets[name={}].labels", s.name),
+                    format!(
+                        "subset {} of {} selects no endpoint: no endpoint of the ServiceEntry carries the labels {:?}",
+                        s.name, svc.host, s.labels
+                    ),
+                    Some("add the labels to ServiceEntry endpoints, or remove them from the subset".into()),
+                );
+                return None;
+            }
+            selected
+        }
+        _ => svc.endpoints.iter().collect(),
+    };
 
     let endpoints = match svc.resolution {
         Resolution::Static => {
             let mut addrs = Vec::new();
-            for (i, ep) in svc.endpoints.iter().enumerate() {
+            for (i, ep) in endpoints_src.iter().enumerate() {
                 let Ok(ip) = ep.address.parse::<IpAddr>() else {
                     problems.error(
                         &svc.origin,
@@ -1000,8 +1169,7 @@ pub(crate) fn lower_cluster(
                     );
                     continue;
                 };
-                let p = endpoint_port(ep, port, target_port);
-                addrs.push(SocketAddr::new(ip, p));
+                addrs.push(SocketAddr::new(ip, endpoint_port(ep, port, target_port)));
             }
             if svc.endpoints.is_empty() {
                 problems.error(
@@ -1014,14 +1182,14 @@ pub(crate) fn lower_cluster(
             Endpoints::Static(addrs)
         }
         Resolution::Dns | Resolution::DnsRoundRobin | Resolution::None => {
-            if svc.endpoints.is_empty() {
+            if endpoints_src.is_empty() {
                 Endpoints::Dns(vec![DnsEndpoint {
                     name: (!wildcard).then(|| svc.host.clone()),
                     port: Some(target_port),
                 }])
             } else {
                 Endpoints::Dns(
-                    svc.endpoints
+                    endpoints_src
                         .iter()
                         .map(|ep| DnsEndpoint {
                             name: Some(ep.address.to_ascii_lowercase()),
@@ -1081,20 +1249,33 @@ fn endpoint_port(ep: &EndpointSpec, port: &PortDecl, target_port: u16) -> u16 {
         .unwrap_or(target_port)
 }
 
+/// What `lower_tls` needs besides the spec.
+pub(crate) struct TlsCtx<'a> {
+    /// Relative paths are resolved against this directory.
+    pub base_dir: Option<&'a Path>,
+    /// `--ca-bundle`.
+    pub ca_bundle: Option<&'a Path>,
+    /// `credentialName` lookup, with the rule's namespace.
+    pub credentials: Option<(&'a istio::Credentials, &'a str)>,
+    /// `--mount`.
+    pub mounts: &'a [(PathBuf, PathBuf)],
+}
+
 /// Validates a `ClientTLSSettings` block. Returns `None` for DISABLE (and on error).
 pub(crate) fn lower_tls(
     spec: &TlsSpec,
     origin: &Origin,
     path: &str,
-    base_dir: Option<&Path>,
+    ctx: &TlsCtx<'_>,
     problems: &mut Problems,
 ) -> Option<Arc<TlsPolicy>> {
-    let resolve_path = |p: &str| -> PathBuf {
+    let resolve_path = |p: &str| -> PemSource {
         let pb = PathBuf::from(p);
-        match base_dir {
+        let pb = match ctx.base_dir {
             Some(dir) if pb.is_relative() => dir.join(pb),
             _ => pb,
-        }
+        };
+        PemSource::File(map_path(ctx.mounts, &pb))
     };
     let has_material = spec.ca_certificates.is_some()
         || spec.client_certificate.is_some()
@@ -1139,10 +1320,52 @@ pub(crate) fn lower_tls(
         TlsModeSpec::Simple | TlsModeSpec::Mutual => {}
     }
     let mut ok = true;
-    let roots = match spec.ca_certificates.as_deref().map(str::trim) {
-        None | Some("") => TrustRoots::WebPki,
-        Some("system") => TrustRoots::System,
-        Some(p) => TrustRoots::File(resolve_path(p)),
+
+    // credentialName: a Kubernetes Secret (tls.crt, tls.key, ca.crt), exclusive with the files.
+    let credential = match &spec.credential_name {
+        None => None,
+        Some(name) => {
+            if spec.client_certificate.is_some()
+                || spec.private_key.is_some()
+                || spec.ca_certificates.is_some()
+            {
+                problems.error(
+                    origin,
+                    format!("{path}.credentialName"),
+                    "credentialName cannot be combined with clientCertificate, privateKey or caCertificates",
+                    Some("use either the Secret or the files".into()),
+                );
+                return None;
+            }
+            match ctx.credentials {
+                None => {
+                    problems.error(
+                        origin,
+                        format!("{path}.credentialName"),
+                        format!("credentialName \"{name}\" cannot be resolved here"),
+                        Some("give the Secret as a Kubernetes manifest with --config, or its mounted directory with --credentials-dir".into()),
+                    );
+                    return None;
+                }
+                Some((store, ns)) => match store.lookup(ns, name) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        problems.error(origin, format!("{path}.credentialName"), e, Some("the Secret needs tls.crt and tls.key (MUTUAL) and/or ca.crt; give it with --config or --credentials-dir".into()));
+                        return None;
+                    }
+                },
+            }
+        }
+    };
+
+    let roots = match (spec.ca_certificates.as_deref().map(str::trim), &credential) {
+        (_, Some(c)) if c.ca.is_some() => TrustRoots::Pem(c.ca.clone()?),
+        (None | Some(""), _) => match ctx.ca_bundle {
+            Some(b) => TrustRoots::Pem(PemSource::File(map_path(ctx.mounts, b))),
+            None => TrustRoots::WebPki,
+        },
+        (Some("system"), _) => TrustRoots::System,
+        (Some(p), _) => TrustRoots::Pem(resolve_path(p)),
     };
     if let Some(sni) = &spec.sni {
         if sni.parse::<IpAddr>().is_ok() {
@@ -1199,32 +1422,37 @@ pub(crate) fn lower_tls(
     }
     let crl = spec.ca_crl.as_deref().map(resolve_path);
     let client_cert = match mode {
-        TlsModeSpec::Mutual => {
-            if spec.credential_name.is_some() {
-                // Resolved by the Istio loader before this point; reaching here means it could
-                // not be.
-                None
-            } else {
-                match (&spec.client_certificate, &spec.private_key) {
-                    (Some(c), Some(k)) => Some((resolve_path(c), resolve_path(k))),
-                    (c, k) => {
-                        let missing = match (c, k) {
-                            (None, None) => "clientCertificate and privateKey are",
-                            (None, Some(_)) => "clientCertificate is",
-                            _ => "privateKey is",
-                        };
-                        problems.error(
-                            origin,
-                            path.to_string(),
-                            format!("mode MUTUAL but {missing} missing"),
-                            Some("MUTUAL presents a client certificate: set clientCertificate and privateKey (PEM files), or use mode: SIMPLE. egret never falls back to plaintext".into()),
-                        );
-                        ok = false;
-                        None
-                    }
+        TlsModeSpec::Mutual => match (&credential, &spec.client_certificate, &spec.private_key) {
+            (Some(c), _, _) => match (&c.cert, &c.key) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+                _ => {
+                    problems.error(
+                        origin,
+                        format!("{path}.credentialName"),
+                        "mode MUTUAL but the Secret has no tls.crt/tls.key",
+                        Some("the Secret must hold tls.crt and tls.key (or cert and key)".into()),
+                    );
+                    ok = false;
+                    None
                 }
+            },
+            (None, Some(c), Some(k)) => Some((resolve_path(c), resolve_path(k))),
+            (None, c, k) => {
+                let missing = match (c, k) {
+                    (None, None) => "clientCertificate and privateKey are",
+                    (None, Some(_)) => "clientCertificate is",
+                    _ => "privateKey is",
+                };
+                problems.error(
+                    origin,
+                    path.to_string(),
+                    format!("mode MUTUAL but {missing} missing"),
+                    Some("MUTUAL presents a client certificate: set clientCertificate and privateKey (PEM files), or use mode: SIMPLE. egret never falls back to plaintext".into()),
+                );
+                ok = false;
+                None
             }
-        }
+        },
         _ => {
             if spec.client_certificate.is_some() || spec.private_key.is_some() {
                 problems.warn(
@@ -1321,6 +1549,16 @@ impl Config {
                                     out,
                                     "  {port:<6} {:<40} {route:<10} direct response {status}",
                                     vh.domain
+                                );
+                            }
+                            RouteAction::Redirect(r) => {
+                                let _ = writeln!(
+                                    out,
+                                    "  {port:<6} {:<40} {route:<10} redirect {} to {}{}",
+                                    vh.domain,
+                                    r.code,
+                                    r.authority.as_deref().unwrap_or("<same host>"),
+                                    r.uri.as_deref().unwrap_or("")
                                 );
                             }
                             RouteAction::Forward(w) => {

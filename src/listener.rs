@@ -70,25 +70,26 @@ pub async fn serve_http(
                     remote,
                     id: NEXT_DOWNSTREAM_ID.fetch_add(1, Ordering::Relaxed),
                     listener: index,
+                    sni: None,
                 };
-                let svc_state = state.clone();
-                let svc_ctx = ctx.clone();
-                let svc = service_fn(move |req| {
-                    let rt = svc_state.load_full();
-                    let ctx = svc_ctx.clone();
-                    async move { Ok::<_, Infallible>(proxy::handle(rt, &ctx, req).await) }
-                });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                let log_state = state.clone();
+                let acceptor = state.load().listener_tls.get(index).cloned().flatten();
+                let watcher = graceful.watcher();
+                let state = state.clone();
+                let builder = builder.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await
-                        && let Some(he) = e.downcast_ref::<hyper::Error>()
-                        && he.is_parse()
-                    {
-                        proxy::log_codec_error(&log_state.load().access_log, &ctx, he);
+                    match acceptor {
+                        None => serve_conn(stream, ctx, state, builder, watcher).await,
+                        Some(acc) => {
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    let mut ctx = ctx;
+                                    ctx.sni = tls.get_ref().1.server_name().map(Arc::from);
+                                    serve_conn(tls, ctx, state, builder, watcher).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!(remote = %ctx.remote, "downstream TLS handshake failed: {e}"),
+                                Err(_) => tracing::debug!(remote = %ctx.remote, "downstream TLS handshake timed out"),
+                            }
+                        }
                     }
                 });
             }
@@ -101,5 +102,33 @@ pub async fn serve_http(
         .is_err()
     {
         tracing::warn!("drain deadline reached with connections still open; closing them");
+    }
+}
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP on one accepted connection (plain or TLS).
+async fn serve_conn<IO>(
+    io: IO,
+    ctx: ConnCtx,
+    state: Arc<ArcSwap<Runtime>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_state = state.clone();
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| {
+        let rt = svc_state.load_full();
+        let ctx = svc_ctx.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(rt, &ctx, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await
+        && let Some(he) = e.downcast_ref::<hyper::Error>()
+        && he.is_parse()
+    {
+        proxy::log_codec_error(&state.load().access_log, &ctx, he);
     }
 }

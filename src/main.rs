@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use egret::config::istio::Role;
 use egret::config::{
     self, ConnectTo, OutboundPolicy, Overrides, Problem, Severity, Source, UpstreamOverrides,
 };
@@ -34,7 +35,7 @@ enum Command {
     Check(RunArgs),
 }
 
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 struct RunArgs {
     /// Configuration file or directory (egret YAML or Istio manifests); repeatable.
     #[arg(short = 'c', long = "config", value_name = "PATH")]
@@ -67,18 +68,94 @@ struct RunArgs {
     /// Log level for egret's own messages (the access log is separate): error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", env = "EGRET_LOG", default_value = "info")]
     log_level: String,
+    /// Trust roots for every TLS policy that has no caCertificates (default: webpki roots).
+    #[arg(long, value_name = "FILE")]
+    ca_bundle: Option<PathBuf>,
+    /// Read files under FROM from TO instead, like a volume mount (e.g.
+    /// /etc/istio/egress-certs=./certs/dev to run pod manifests on a laptop) (repeatable).
+    #[arg(long, value_name = "FROM=TO")]
+    mount: Vec<String>,
+
+    /// Which proxy egret plays: `sidecar` (the outbound listener serves the mesh) or `gateway`
+    /// (one listener per port of the Gateways selected by --gateway-selector).
+    #[arg(
+        long,
+        value_name = "ROLE",
+        default_value = "sidecar",
+        help_heading = "Istio manifests"
+    )]
+    role: String,
+    /// The gateway pod's labels, which Gateway selectors match (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Istio manifests")]
+    gateway_selector: Vec<String>,
+    /// Where gateway listeners bind.
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value = "0.0.0.0",
+        help_heading = "Istio manifests"
+    )]
+    listen_address: std::net::IpAddr,
+    /// Bind Gateway server port PORT on BIND instead (like a Service targetPort; 0 = any free
+    /// port) (repeatable).
+    #[arg(long, value_name = "PORT=BIND", help_heading = "Istio manifests")]
+    bind_port: Vec<String>,
+    /// The proxy's namespace; also the namespace of manifests without one.
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value = "default",
+        help_heading = "Istio manifests"
+    )]
+    namespace: String,
+    /// The cluster domain short names expand with.
+    #[arg(
+        long,
+        value_name = "DOMAIN",
+        default_value = "cluster.local",
+        help_heading = "Istio manifests"
+    )]
+    cluster_domain: String,
+    /// The workload's labels, for workloadSelector and sourceLabels (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Istio manifests")]
+    workload_label: Vec<String>,
+    /// MeshConfig (outboundTrafficPolicy, accessLogFile, accessLogEncoding, accessLogFormat).
+    #[arg(long, value_name = "FILE", help_heading = "Istio manifests")]
+    mesh_config: Option<PathBuf>,
+    /// Directory of mounted Secrets for credentialName (DIR/<name>/tls.crt, tls.key, ca.crt).
+    #[arg(long, value_name = "DIR", help_heading = "Istio manifests")]
+    credentials_dir: Option<PathBuf>,
+    /// OpenShift Template parameters (KEY=VALUE lines). Right after a --config it applies to that
+    /// file only; before any --config, to all (repeatable).
+    #[arg(long, value_name = "FILE", help_heading = "Istio manifests")]
+    param_file: Vec<PathBuf>,
+    /// One Template parameter; placed like --param-file (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Istio manifests")]
+    param: Vec<String>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let (check, args) = match cli.command {
-        Some(Command::Run(a)) => (false, a),
-        Some(Command::Check(a)) => (true, a),
-        None => (false, cli.run),
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let (check, args, sub) = match cli.command {
+        Some(Command::Run(a)) => (false, a, matches.subcommand_matches("run")),
+        Some(Command::Check(a)) => (true, a, matches.subcommand_matches("check")),
+        None => (false, cli.run, Some(&matches)),
     };
     init_tracing(&args.log_level);
 
-    let overrides = match overrides(&args) {
+    let placed = match sub.map(|m| placed_params(m, &args)).transpose() {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("egret: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let overrides = match overrides(&args, placed.global.clone()) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("egret: {e}");
@@ -95,13 +172,22 @@ fn main() -> ExitCode {
     let sources = if args.config.is_empty() {
         vec![Source::embedded_default()]
     } else {
-        match config::read_sources(&args.config) {
-            Ok(s) => s,
-            Err(e) => {
-                eprint!("egret: {e}");
-                return ExitCode::from(1);
+        let mut all = Vec::new();
+        for (i, path) in args.config.iter().enumerate() {
+            match config::read_sources(std::slice::from_ref(path)) {
+                Ok(mut s) => {
+                    for src in &mut s {
+                        src.params = placed.per_config.get(i).cloned().unwrap_or_default();
+                    }
+                    all.extend(s);
+                }
+                Err(e) => {
+                    eprint!("egret: {e}");
+                    return ExitCode::from(1);
+                }
             }
         }
+        all
     };
     let cfg = match config::load(&sources, &overrides) {
         Ok(c) => c,
@@ -204,12 +290,110 @@ async fn wait_for_signals(_bound: &egret::app::Bound) -> &'static str {
     "interrupted"
 }
 
-fn overrides(args: &RunArgs) -> Result<Overrides, String> {
+/// Template parameters, placed: those after a `--config` apply to it alone, the others to all.
+#[derive(Default)]
+struct Placed {
+    global: Vec<(String, String)>,
+    /// Indexed like `--config`.
+    per_config: Vec<Vec<(String, String)>>,
+}
+
+fn placed_params(m: &clap::ArgMatches, args: &RunArgs) -> Result<Placed, String> {
+    let idx =
+        |id: &str| -> Vec<usize> { m.indices_of(id).map(|i| i.collect()).unwrap_or_default() };
+    let config_idx = idx("config");
+    let mut placed = Placed {
+        global: Vec::new(),
+        per_config: vec![Vec::new(); args.config.len()],
+    };
+    // The --config a parameter follows (the nearest one before it), if any.
+    let owner = |i: usize| config_idx.iter().rposition(|c| *c < i);
+    let mut items: Vec<(usize, Vec<(String, String)>)> = Vec::new();
+    for (file, i) in args.param_file.iter().zip(idx("param_file")) {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("--param-file {}: {e}", file.display()))?;
+        items.push((
+            i,
+            egret::config::k8s::parse_param_file(&text, &file.display().to_string())?,
+        ));
+    }
+    for (p, i) in args.param.iter().zip(idx("param")) {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("--param \"{p}\": expected KEY=VALUE"))?;
+        items.push((i, vec![(k.trim().to_string(), v.to_string())]));
+    }
+    items.sort_by_key(|(i, _)| *i);
+    for (i, params) in items {
+        match owner(i) {
+            Some(c) => placed.per_config[c].extend(params),
+            None => placed.global.extend(params),
+        }
+    }
+    Ok(placed)
+}
+
+fn labels(
+    list: &[String],
+    flag: &str,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    list.iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("{flag} \"{l}\": expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn overrides(args: &RunArgs, params: Vec<(String, String)>) -> Result<Overrides, String> {
     let mut o = Overrides {
         outbound_listen: args.outbound_listen,
         access_log: args.access_log.clone(),
+        ca_bundle: args.ca_bundle.clone(),
         ..Overrides::default()
     };
+    for m in &args.mount {
+        let (from, to) = m
+            .split_once('=')
+            .filter(|(f, t)| !f.is_empty() && !t.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "--mount \"{m}\": expected FROM=TO, e.g. /etc/istio/egress-certs=./certs/dev"
+                )
+            })?;
+        o.mounts.push((PathBuf::from(from), PathBuf::from(to)));
+    }
+    let istio = &mut o.istio;
+    istio.role = match args.role.as_str() {
+        "sidecar" => Role::Sidecar,
+        "gateway" => Role::Gateway,
+        other => return Err(format!("--role \"{other}\": expected sidecar or gateway")),
+    };
+    istio.gateway_selector = labels(&args.gateway_selector, "--gateway-selector")?;
+    istio.workload_labels = labels(&args.workload_label, "--workload-label")?;
+    istio.listen_address = args.listen_address;
+    istio.namespace = args.namespace.clone();
+    istio.cluster_domain = args.cluster_domain.clone();
+    istio.credentials_dir = args.credentials_dir.clone();
+    istio.params = params;
+    for b in &args.bind_port {
+        let (p, to) = b
+            .split_once('=')
+            .and_then(|(p, t)| Some((p.parse::<u16>().ok()?, t.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("--bind-port \"{b}\": expected PORT=BIND (e.g. 3000=8080, or 3000=0 for any free port)"))?;
+        istio.bind_ports.insert(p, to);
+    }
+    if let Some(m) = &args.mesh_config {
+        let text = std::fs::read_to_string(m)
+            .map_err(|e| format!("--mesh-config {}: {e}", m.display()))?;
+        istio.mesh_config = Some(Source {
+            name: m.display().to_string(),
+            text,
+            base_dir: m.parent().map(std::path::Path::to_path_buf),
+            params: Vec::new(),
+        });
+    }
     for s in &args.dns_server {
         o.dns_servers
             .push(config::native::parse_dns_server(s).map_err(|e| format!("--dns-server: {e}"))?);

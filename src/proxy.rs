@@ -23,7 +23,9 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::body::{BodyProgress, RequestBody};
 use crate::config::{Config, Listener};
 use crate::error::{Flags, ProxyError};
-use crate::route::{Decision, RequestInfo, normalize_host};
+use crate::route::{
+    Decision, Redirect, RequestInfo, RouteAction, RouteMatch, StringMatch, normalize_host,
+};
 use crate::upstream::{ClusterPool, Exchange, Lease, SendError, UpstreamCtx};
 
 /// Everything a request needs, for one configuration generation.
@@ -32,6 +34,8 @@ pub struct Runtime {
     pub pools: Vec<Arc<ClusterPool>>,
     pub upstream: UpstreamCtx,
     pub access_log: Arc<AccessLog>,
+    /// TLS termination per listener (indexed like `Config::listeners`).
+    pub listener_tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
 }
 
 /// The downstream connection a request arrived on.
@@ -42,6 +46,8 @@ pub struct ConnCtx {
     pub id: u64,
     /// Index of the listener in `Config::listeners`.
     pub listener: usize,
+    /// SNI the client sent, on a listener that terminates TLS.
+    pub sni: Option<Arc<str>>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -50,6 +56,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 static X_EGRET_ERROR: HeaderName = HeaderName::from_static("x-egret-error");
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
@@ -63,6 +70,7 @@ pub async fn handle(
     rec.method = Some(req.method().clone());
     rec.protocol = Some(req.version());
     rec.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+    rec.requested_server_name = conn.sni.as_deref().map(str::to_string);
     let mut pending = Pending::new(rec, rt.access_log.clone());
     let Some(listener) = rt.config.listeners.get(conn.listener) else {
         return pending.reply(
@@ -119,18 +127,49 @@ async fn forward(
         scheme: "http",
         headers: req.headers(),
     };
-    let (cluster, timeout) = match listener.routes.route(&info) {
-        Decision::Forward {
+    let (cluster, route, matched) = match listener.routes.route(&info) {
+        Decision::Route {
+            route,
+            matched,
             cluster,
-            route_name,
-            timeout,
         } => {
-            pending.rec_mut().route_name = route_name.cloned();
-            (cluster, timeout)
+            pending.rec_mut().route_name = route.name.clone();
+            match (&route.action, cluster) {
+                (RouteAction::Forward(_), Some(c)) => (c, Some(route), matched),
+                (RouteAction::Direct { status, body }, _) => {
+                    let headers = req.headers().clone();
+                    return Ok(pending.direct(
+                        *status,
+                        body.clone(),
+                        &headers,
+                        None,
+                        &route.response_headers,
+                    ));
+                }
+                (RouteAction::Redirect(r), _) => {
+                    let location = redirect_location(r, &host, port, &path_and_query);
+                    let headers = req.headers().clone();
+                    return Ok(pending.direct(
+                        r.code,
+                        None,
+                        &headers,
+                        Some(location),
+                        &route.response_headers,
+                    ));
+                }
+                (RouteAction::Forward(_), None) => {
+                    return Err((
+                        ProxyError::NoRoute {
+                            host: host.into_owned(),
+                        },
+                        Some(req.headers().clone()),
+                    ));
+                }
+            }
         }
         Decision::AllowAny { cluster } => {
             pending.rec_mut().route_name = Some(Arc::from("allow_any"));
-            (cluster, None)
+            (cluster, None, None)
         }
         Decision::BlockAll => {
             pending.rec_mut().route_name = Some(Arc::from("block_all"));
@@ -150,16 +189,8 @@ async fn forward(
                 Some(req.headers().clone()),
             ));
         }
-        Decision::Direct {
-            status,
-            body,
-            route_name,
-        } => {
-            pending.rec_mut().route_name = route_name.cloned();
-            let headers = req.headers().clone();
-            return Ok(pending.direct(status, body.map(str::to_string), &headers));
-        }
     };
+    let timeout = route.and_then(|r| r.timeout);
     let Some(pool) = rt.pools.get(cluster) else {
         return Err((
             ProxyError::BadRequest("the route's cluster is gone (configuration reloaded)".into()),
@@ -190,6 +221,29 @@ async fn forward(
     if let Some(h) = host_header {
         headers.insert(header::HOST, h);
     }
+    let mut upstream_path = path_and_query.clone();
+    let mut dns_host = host.clone();
+    if let Some(route) = route {
+        route.request_headers.apply(&mut headers);
+        if let Some(rw) = &route.rewrite {
+            if let Some(uri) = &rw.uri {
+                upstream_path = rewrite_path(&path_and_query, matched, uri);
+                if let Ok(v) = HeaderValue::from_str(&path_and_query) {
+                    headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+                }
+            }
+            if let Some(a) = &rw.authority
+                && let Ok(v) = HeaderValue::from_str(a)
+            {
+                headers.insert(header::HOST, v);
+                let h = a
+                    .rsplit_once(':')
+                    .filter(|(_, p)| p.parse::<u16>().is_ok())
+                    .map_or(a.as_str(), |(h, _)| h);
+                dns_host = std::borrow::Cow::Owned(normalize_host(h).into_owned());
+            }
+        }
+    }
     let cluster_name = pool.cluster_name();
     {
         let rec = pending.rec_mut();
@@ -201,13 +255,13 @@ async fn forward(
     pending.set_progress(progress.clone());
     let mut up = Request::new(body);
     *up.method_mut() = parts.method;
-    *up.uri_mut() = Uri::from_str(&path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
+    *up.uri_mut() = Uri::from_str(&upstream_path).unwrap_or_else(|_| Uri::from_static("/"));
     *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = headers;
 
     // 4. Upstream.
     let sent_at = Instant::now();
-    let send = pool.send(&rt.upstream, &host, port, up);
+    let send = pool.send(&rt.upstream, &dns_host, port, up);
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
@@ -443,12 +497,14 @@ impl Pending {
         resp
     }
 
-    /// A route's direct response.
+    /// A route's direct response or redirect.
     fn direct(
         &mut self,
         status: u16,
         body: Option<String>,
         req_headers: &HeaderMap,
+        location: Option<String>,
+        response_ops: &crate::route::HeaderOps,
     ) -> Response<ProxyBody> {
         let mut finish = self.take();
         let rec = &mut finish.rec;
@@ -465,9 +521,50 @@ impl Pending {
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
+        if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            resp.headers_mut().insert(header::LOCATION, l);
+        }
+        response_ops.apply(resp.headers_mut());
         finish.log.format.capture_response(rec, resp.headers());
         resp.body_mut().finish = Some(finish);
         resp
+    }
+}
+
+/// `HTTPRedirect`: the Location for a request to `host:port` + `path`.
+fn redirect_location(r: &Redirect, host: &str, port: u16, path: &str) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let authority = r.authority.as_deref().unwrap_or(host);
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let port = r.port.unwrap_or(if r.scheme.is_some() {
+        default_port
+    } else {
+        port
+    });
+    let path = r.uri.as_deref().unwrap_or(path);
+    if port == default_port {
+        format!("{scheme}://{authority}{path}")
+    } else {
+        format!("{scheme}://{authority}:{port}{path}")
+    }
+}
+
+/// `rewrite.uri`: replaces the matched prefix, or the whole path for other matches; the query
+/// is kept.
+fn rewrite_path(path_and_query: &str, matched: Option<&RouteMatch>, uri: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let new_path = match matched.and_then(|m| m.uri.as_ref()) {
+        Some(StringMatch::Prefix(p)) if path.starts_with(p.as_str()) => {
+            format!("{uri}{}", &path[p.len()..])
+        }
+        _ => uri.to_string(),
+    };
+    match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
     }
 }
 

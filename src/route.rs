@@ -71,12 +71,80 @@ pub struct HttpRoute {
     pub action: RouteAction,
     /// Whole-request timeout (VirtualService `timeout`); `None` = no timeout, as in Istio.
     pub timeout: Option<Duration>,
+    /// VirtualService `rewrite`.
+    pub rewrite: Option<Rewrite>,
+    /// VirtualService `headers.request` / `headers.response`.
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+impl HttpRoute {
+    /// A route that forwards everything to `clusters`.
+    pub fn forward(
+        name: Option<std::sync::Arc<str>>,
+        clusters: WeightedClusters,
+        timeout: Option<Duration>,
+    ) -> HttpRoute {
+        HttpRoute {
+            name,
+            matches: Vec::new(),
+            action: RouteAction::Forward(clusters),
+            timeout,
+            rewrite: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub enum RouteAction {
     Forward(WeightedClusters),
     Direct { status: u16, body: Option<String> },
+    Redirect(Redirect),
+}
+
+/// `HTTPRewrite`: `uri` replaces the matched prefix (or the whole path), `authority` the Host.
+#[derive(Clone, Debug, Default)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+}
+
+/// `HTTPRedirect`.
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u16>,
+    pub uri: Option<String>,
+    pub code: u16,
+}
+
+/// Header mutations (`set` overwrites, `add` appends, `remove` deletes).
+#[derive(Clone, Debug, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -131,7 +199,7 @@ impl WeightedClusters {
 }
 
 /// One `HTTPMatchRequest`: all present conditions must hold.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RouteMatch {
     pub name: Option<String>,
     pub uri: Option<StringMatch>,
@@ -145,7 +213,7 @@ pub struct RouteMatch {
     pub ignore_uri_case: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
@@ -191,17 +259,14 @@ pub struct RequestInfo<'a> {
 }
 
 /// The outcome of routing one request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Decision<'a> {
-    Forward {
-        cluster: ClusterId,
-        route_name: Option<&'a std::sync::Arc<str>>,
-        timeout: Option<Duration>,
-    },
-    Direct {
-        status: u16,
-        body: Option<&'a str>,
-        route_name: Option<&'a std::sync::Arc<str>>,
+    /// A route matched; for `RouteAction::Forward`, `cluster` is the picked destination.
+    Route {
+        route: &'a HttpRoute,
+        /// The match that selected the route (`None` for a route without matches).
+        matched: Option<&'a RouteMatch>,
+        cluster: Option<ClusterId>,
     },
     /// REGISTRY_ONLY refusal (`block_all`).
     BlockAll,
@@ -239,22 +304,22 @@ impl RouteTable {
             };
         };
         for route in &vhost.routes {
-            let hit = route.matches.is_empty() || route.matches.iter().any(|m| m.matches(req));
-            if !hit {
-                continue;
-            }
-            let route_name = route.name.as_ref();
-            return match &route.action {
-                RouteAction::Forward(w) => Decision::Forward {
-                    cluster: w.pick(),
-                    route_name,
-                    timeout: route.timeout,
-                },
-                RouteAction::Direct { status, body } => Decision::Direct {
-                    status: *status,
-                    body: body.as_deref(),
-                    route_name,
-                },
+            let matched = if route.matches.is_empty() {
+                None
+            } else {
+                match route.matches.iter().find(|m| m.matches(req)) {
+                    Some(m) => Some(m),
+                    None => continue,
+                }
+            };
+            let cluster = match &route.action {
+                RouteAction::Forward(w) => Some(w.pick()),
+                _ => None,
+            };
+            return Decision::Route {
+                route,
+                matched,
+                cluster,
             };
         }
         Decision::NoRoute
@@ -408,12 +473,11 @@ mod tests {
         VirtualHost {
             name: format!("{domain}:80"),
             domain: domain.into(),
-            routes: vec![HttpRoute {
-                name: None,
-                matches: vec![],
-                action: RouteAction::Forward(WeightedClusters::single(cluster)),
-                timeout: None,
-            }],
+            routes: vec![HttpRoute::forward(
+                None,
+                WeightedClusters::single(cluster),
+                None,
+            )],
         }
     }
 
@@ -431,7 +495,7 @@ mod tests {
 
     fn forward_to(d: Decision<'_>) -> Option<ClusterId> {
         match d {
-            Decision::Forward { cluster, .. } => Some(cluster),
+            Decision::Route { cluster, .. } => cluster,
             _ => None,
         }
     }
@@ -455,12 +519,15 @@ mod tests {
         );
         assert_eq!(forward_to(t.route(&req("b.example.com", 80, &h))), Some(2));
         // The suffix wildcard does not cover the bare domain.
-        assert_eq!(t.route(&req("example.com", 80, &h)), Decision::BlockAll);
+        assert!(matches!(
+            t.route(&req("example.com", 80, &h)),
+            Decision::BlockAll
+        ));
         // Another port has no virtual hosts.
-        assert_eq!(
+        assert!(matches!(
             t.route(&req("www.example.com", 8080, &h)),
             Decision::BlockAll
-        );
+        ));
         t.vhosts_mut(80).insert(vhost("*", 7));
         assert_eq!(forward_to(t.route(&req("example.com", 80, &h))), Some(7));
     }
@@ -474,10 +541,10 @@ mod tests {
             forward_to(t.route(&req("svc.example.com", 80, &h))),
             Some(4)
         );
-        assert_eq!(
+        assert!(matches!(
             t.route(&req("other.example.com", 80, &h)),
             Decision::NoRoute
-        );
+        ));
     }
 
     #[test]
@@ -502,31 +569,25 @@ mod tests {
         headers.insert("x-env", "canary".parse().expect("header"));
         let mut t = RouteTable::new(PortSource::Request, Fallback::BlockAll);
         let mut vh = vhost("api.example.com", 0);
-        vh.routes.insert(
-            0,
-            HttpRoute {
-                name: Some(std::sync::Arc::from("canary")),
-                matches: vec![RouteMatch {
-                    uri: Some(StringMatch::Prefix("/a/".into())),
-                    headers: vec![(
-                        http::HeaderName::from_static("x-env"),
-                        Some(StringMatch::Exact("canary".into())),
-                    )],
-                    ..RouteMatch::default()
-                }],
-                action: RouteAction::Forward(WeightedClusters::single(5)),
-                timeout: None,
-            },
+        let mut canary = HttpRoute::forward(
+            Some(std::sync::Arc::from("canary")),
+            WeightedClusters::single(5),
+            None,
         );
+        canary.matches = vec![RouteMatch {
+            uri: Some(StringMatch::Prefix("/a/".into())),
+            headers: vec![(
+                http::HeaderName::from_static("x-env"),
+                Some(StringMatch::Exact("canary".into())),
+            )],
+            ..RouteMatch::default()
+        }];
+        vh.routes.insert(0, canary);
         t.vhosts_mut(80).insert(vh);
         match t.route(&req("api.example.com", 80, &headers)) {
-            Decision::Forward {
-                cluster,
-                route_name,
-                ..
-            } => {
-                assert_eq!(cluster, 5);
-                assert_eq!(route_name.map(|r| &**r), Some("canary"));
+            Decision::Route { cluster, route, .. } => {
+                assert_eq!(cluster, Some(5));
+                assert_eq!(route.name.as_deref(), Some("canary"));
             }
             other => panic!("unexpected {other:?}"),
         }

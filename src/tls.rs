@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -31,7 +30,9 @@ use rustls::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
-use crate::config::{Config, ConfigError, Origin, Problems, TlsMode, TlsPolicy, TrustRoots};
+use crate::config::{
+    Config, ConfigError, Origin, PemSource, Problems, TlsMode, TlsPolicy, TrustRoots,
+};
 use crate::error::TlsFailure;
 
 /// The process's one crypto provider.
@@ -42,9 +43,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Facts about one loaded certificate (for `/certs`, expiry metrics and messages).
 #[derive(Clone, Debug)]
 pub struct CertInfo {
-    /// `ca` or `client`.
+    /// `ca`, `client` or `server`.
     pub role: &'static str,
-    pub path: PathBuf,
+    /// The file, or the Secret and key.
+    pub source: String,
     pub subject: String,
     pub issuer: String,
     pub sans: Vec<String>,
@@ -83,11 +85,16 @@ struct RootsDesc {
     from_file: bool,
 }
 
-/// TLS contexts for every cluster, shared by policies with the same material.
+/// TLS contexts for every cluster, shared by policies with the same material, and the server
+/// configs of listeners that terminate TLS.
 #[derive(Debug, Default)]
 pub struct TlsContexts {
     /// Indexed like `Config::clusters`.
     pub by_cluster: Vec<Option<Arc<TlsContext>>>,
+    /// Indexed like `Config::listeners`.
+    pub by_listener: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Certificates loaded for listeners (for `/certs` and expiry metrics).
+    pub listener_certs: Vec<CertInfo>,
 }
 
 impl TlsContexts {
@@ -135,6 +142,13 @@ impl TlsContexts {
             });
             out.by_cluster.push(ctx);
         }
+        for l in &config.listeners {
+            let sc = l
+                .tls
+                .as_ref()
+                .and_then(|t| server_config(t, &provider, &mut problems, &mut out.listener_certs));
+            out.by_listener.push(sc);
+        }
         if problems.has_errors() {
             return Err(ConfigError {
                 problems: problems.list,
@@ -168,9 +182,13 @@ impl TlsContext {
             let mut builder =
                 WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone());
             if let Some(crl) = &policy.crl {
-                match CertificateRevocationListDer::pem_file_iter(crl)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                {
+                let bytes = crl.read();
+                let parsed = bytes.map_err(|e| e.to_string()).and_then(|b| {
+                    CertificateRevocationListDer::pem_slice_iter(&b)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string())
+                });
+                match parsed {
                     Ok(crls) if !crls.is_empty() => builder = builder.with_crls(crls),
                     Ok(_) => {
                         problems.error(
@@ -178,7 +196,7 @@ impl TlsContext {
                             "caCrl",
                             format!(
                                 "{} holds no CRL (expected \"-----BEGIN X509 CRL-----\")",
-                                crl.display()
+                                crl.describe()
                             ),
                             None,
                         );
@@ -188,7 +206,7 @@ impl TlsContext {
                         problems.error(
                             &origin,
                             "caCrl",
-                            format!("cannot read {}: {e}", crl.display()),
+                            format!("cannot read {}: {e}", crl.describe()),
                             None,
                         );
                         return None;
@@ -413,7 +431,7 @@ impl TlsContext {
                         self.policy
                             .client_cert
                             .as_ref()
-                            .map_or_else(|| "-".to_string(), |(c, _)| c.display().to_string())
+                            .map_or_else(|| "-".to_string(), |(c, _)| c.describe())
                     ),
                 },
                 _ => TlsFailure {
@@ -519,7 +537,7 @@ fn load_roots(
                 },
             ))
         }
-        TrustRoots::File(path) => {
+        TrustRoots::Pem(path) => {
             let ders = read_certs(path, "caCertificates", origin, problems)?;
             let mut subjects = Vec::new();
             let now = chrono::Utc::now().timestamp();
@@ -533,7 +551,7 @@ fn load_roots(
                                 "caCertificates",
                                 format!(
                                     "{} holds {}, which is not a CA certificate; it is trusted as an anchor anyway",
-                                    path.display(),
+                                    path.describe(),
                                     info.subject
                                 ),
                                 Some("caCertificates should hold the server's root and intermediate CAs".into()),
@@ -545,7 +563,7 @@ fn load_roots(
                                 "caCertificates",
                                 format!(
                                     "{} holds {}, which expired at {}",
-                                    path.display(),
+                                    path.describe(),
                                     info.subject,
                                     fmt_time(info.not_after)
                                 ),
@@ -561,7 +579,7 @@ fn load_roots(
                             "caCertificates",
                             format!(
                                 "{} holds a certificate that cannot be parsed: {e}",
-                                path.display()
+                                path.describe()
                             ),
                             None,
                         );
@@ -576,7 +594,7 @@ fn load_roots(
                     "caCertificates",
                     format!(
                         "{}: {ignored} of {} certificates cannot be used as trust anchors",
-                        path.display(),
+                        path.describe(),
                         added + ignored
                     ),
                     None,
@@ -586,7 +604,7 @@ fn load_roots(
             Some((
                 store,
                 RootsDesc {
-                    source: format!("caCertificates {}", path.display()),
+                    source: format!("caCertificates {}", path.describe()),
                     subjects,
                     from_file: true,
                 },
@@ -596,28 +614,33 @@ fn load_roots(
 }
 
 fn read_certs(
-    path: &Path,
+    source: &PemSource,
     field: &str,
     origin: &Origin,
     problems: &mut Problems,
 ) -> Option<Vec<CertificateDer<'static>>> {
-    if let Err(e) = std::fs::metadata(path) {
-        problems.error(
-            origin,
-            field,
-            format!("cannot read {}: {e}", path.display()),
-            Some("check the path; in Kubernetes, check that the Secret is mounted there".into()),
-        );
-        return None;
-    }
-    match CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+    let bytes = match source.read() {
+        Ok(b) => b,
+        Err(e) => {
+            problems.error(
+                origin,
+                field,
+                format!("cannot read {}: {e}", source.describe()),
+                Some(
+                    "check the path; in Kubernetes, check that the Secret is mounted there".into(),
+                ),
+            );
+            return None;
+        }
+    };
+    match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
         Ok(v) if v.is_empty() => {
             problems.error(
                 origin,
                 field,
                 format!(
                     "{} holds no PEM certificate (expected \"-----BEGIN CERTIFICATE-----\")",
-                    path.display()
+                    source.describe()
                 ),
                 None,
             );
@@ -630,7 +653,7 @@ fn read_certs(
                 field,
                 format!(
                     "{} is not a valid PEM certificate file: {e}",
-                    path.display()
+                    source.describe()
                 ),
                 None,
             );
@@ -640,34 +663,15 @@ fn read_certs(
 }
 
 fn load_client_cert(
-    cert_path: &Path,
-    key_path: &Path,
+    cert_path: &PemSource,
+    key_path: &PemSource,
     provider: &Arc<CryptoProvider>,
     origin: &Origin,
     problems: &mut Problems,
     certs: &mut Vec<CertInfo>,
 ) -> Option<CertifiedKey> {
     let chain = read_certs(cert_path, "clientCertificate", origin, problems)?;
-    let key = match PrivateKeyDer::from_pem_file(key_path) {
-        Ok(k) => k,
-        Err(e) => {
-            let exists = std::fs::metadata(key_path).is_ok();
-            problems.error(
-                origin,
-                "privateKey",
-                if exists {
-                    format!(
-                        "{} holds no usable private key ({e}); egret reads PKCS#8 (\"BEGIN PRIVATE KEY\"), PKCS#1 (\"BEGIN RSA PRIVATE KEY\") and SEC1 (\"BEGIN EC PRIVATE KEY\") PEM, unencrypted",
-                        key_path.display()
-                    )
-                } else {
-                    format!("cannot read {}: {e}", key_path.display())
-                },
-                None,
-            );
-            return None;
-        }
-    };
+    let key = load_key(key_path, origin, problems)?;
     if let Ok((_, c)) = X509Certificate::from_der(&chain[0]) {
         let info = cert_info("client", cert_path, &c);
         let now = chrono::Utc::now().timestamp();
@@ -678,7 +682,7 @@ fn load_client_cert(
                 format!(
                     "the client certificate {} in {} expired at {}",
                     info.subject,
-                    cert_path.display(),
+                    cert_path.describe(),
                     fmt_time(info.not_after)
                 ),
                 Some("renew the certificate; servers reject expired client certificates".into()),
@@ -709,8 +713,8 @@ fn load_client_cert(
                 "privateKey",
                 format!(
                     "the private key in {} does not match the certificate in {}",
-                    key_path.display(),
-                    cert_path.display()
+                    key_path.describe(),
+                    cert_path.describe()
                 ),
                 Some("the key must be the one the certificate was issued for; check that the two files belong together".into()),
             );
@@ -720,9 +724,126 @@ fn load_client_cert(
             problems.error(
                 origin,
                 "privateKey",
-                format!("cannot use the key in {}: {e}", key_path.display()),
+                format!("cannot use the key in {}: {e}", key_path.describe()),
                 None,
             );
+            None
+        }
+    }
+}
+
+/// Reads a private key (PKCS#8, PKCS#1 or SEC1 PEM). The error never contains key material.
+pub fn load_key(
+    source: &PemSource,
+    origin: &Origin,
+    problems: &mut Problems,
+) -> Option<PrivateKeyDer<'static>> {
+    let bytes = match source.read() {
+        Ok(b) => b,
+        Err(e) => {
+            problems.error(
+                origin,
+                "privateKey",
+                format!("cannot read {}: {e}", source.describe()),
+                None,
+            );
+            return None;
+        }
+    };
+    match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            problems.error(
+                origin,
+                "privateKey",
+                format!(
+                    "{} holds no usable private key ({e}); egret reads PKCS#8 (\"BEGIN PRIVATE KEY\"), PKCS#1 (\"BEGIN RSA PRIVATE KEY\") and SEC1 (\"BEGIN EC PRIVATE KEY\") PEM, unencrypted",
+                    source.describe()
+                ),
+                None,
+            );
+            None
+        }
+    }
+}
+
+/// A rustls server config for a listener that terminates TLS (Gateway `tls` SIMPLE/MUTUAL).
+pub fn server_config(
+    policy: &crate::config::ServerTlsPolicy,
+    provider: &Arc<CryptoProvider>,
+    problems: &mut Problems,
+    certs: &mut Vec<CertInfo>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let origin = Origin::file(policy.origin.clone());
+    let chain = read_certs(&policy.cert, "serverCertificate", &origin, problems)?;
+    let key = load_key(&policy.key, &origin, problems)?;
+    if let Ok((_, c)) = X509Certificate::from_der(&chain[0]) {
+        certs.push(cert_info("server", &policy.cert, &c));
+    }
+    let builder = match rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    {
+        Ok(b) => b,
+        Err(e) => {
+            problems.error(&origin, "", format!("cannot configure TLS: {e}"), None);
+            return None;
+        }
+    };
+    let builder = match &policy.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let ders = read_certs(ca, "caCertificates", &origin, problems)?;
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(ders);
+            if added == 0 {
+                problems.error(
+                    &origin,
+                    "caCertificates",
+                    format!("{} holds no usable CA certificate", ca.describe()),
+                    None,
+                );
+                return None;
+            }
+            let mut vb = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            );
+            if policy.client_cert_optional {
+                vb = vb.allow_unauthenticated();
+            }
+            match vb.build() {
+                Ok(v) => builder.with_client_cert_verifier(v),
+                Err(e) => {
+                    problems.error(
+                        &origin,
+                        "caCertificates",
+                        format!("cannot verify clients with {}: {e}", ca.describe()),
+                        None,
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    match builder.with_single_cert(chain, key) {
+        Ok(mut c) => {
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(Arc::new(c))
+        }
+        Err(e) => {
+            let msg = match e {
+                rustls::Error::InconsistentKeys(_) => format!(
+                    "the private key in {} does not match the certificate in {}",
+                    policy.key.describe(),
+                    policy.cert.describe()
+                ),
+                e => format!(
+                    "cannot use {} with {}: {e}",
+                    policy.cert.describe(),
+                    policy.key.describe()
+                ),
+            };
+            problems.error(&origin, "privateKey", msg, None);
             None
         }
     }
@@ -809,10 +930,14 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.strip_prefix("CN=").unwrap_or(s))
 }
 
-fn cert_info(role: &'static str, path: &Path, c: &X509Certificate<'_>) -> CertInfo {
+pub(crate) fn cert_info(
+    role: &'static str,
+    source: &PemSource,
+    c: &X509Certificate<'_>,
+) -> CertInfo {
     CertInfo {
         role,
-        path: path.to_path_buf(),
+        source: source.describe(),
         subject: name_of(c.subject()),
         issuer: name_of(c.issuer()),
         sans: sans_of(c),

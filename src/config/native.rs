@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::diag::{Origin, Problems, explain_serde_message};
+use super::diag::{Origin, Problems};
 use super::spec::{Dur, EndpointSpec, PortSpec, TrafficPolicySpec};
 use super::{
     AccessLogConfig, DnsConfig, IpFamily, ListenerDecl, Model, OutboundPolicy, PolicyDecl,
@@ -147,48 +147,27 @@ impl From<ResolutionSpec> for Resolution {
     }
 }
 
-/// Deserializes one YAML document with field paths and line/column in errors.
-pub(crate) fn deserialize_doc<T: for<'de> Deserialize<'de>>(
-    text: &str,
-    origin: &Origin,
+/// Parses one native document into the model.
+pub(crate) fn parse_doc(
+    source: &Source,
+    doc: &super::k8s::Doc<'_>,
+    model: &mut Model,
     problems: &mut Problems,
-) -> Option<T> {
-    let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
-            path = e.path().to_string();
-            e.into_inner()
-        })
-    });
-    match result {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let mut origin = origin.clone();
-            if let Some(loc) = e.location() {
-                origin.line_col = Some((loc.line() as usize, loc.column() as usize));
-            }
-            let first = e.to_string();
-            let first = first.lines().next().unwrap_or("").to_string();
-            // "error: line 3 column 5: unknown field ..." -> the message part.
-            let msg = first
-                .split_once(": ")
-                .map(|(_, rest)| rest)
-                .unwrap_or(&first);
-            let msg = match msg.split_once(": ") {
-                Some((head, rest)) if head.starts_with("line ") => rest,
-                _ => msg,
-            };
-            let (message, hint) = explain_serde_message(msg);
-            problems.error(&origin, path, message, hint);
-            None
-        }
+) {
+    let mut origin = Origin::file(&source.name);
+    if doc.multi {
+        origin = origin.doc(doc.index);
     }
-}
-
-/// Parses one native source into the model.
-pub(crate) fn parse_source(source: &Source, model: &mut Model, problems: &mut Problems) {
-    let origin = Origin::file(&source.name);
-    let Some(cfg) = deserialize_doc::<NativeConfig>(&source.text, &origin, problems) else {
+    let src = super::k8s::ObjSource {
+        origin: origin.clone(),
+        prefix: String::new(),
+        base_dir: source.base_dir.clone(),
+    };
+    let Some(cfg) = super::k8s::decode::<NativeConfig>(
+        super::k8s::Input::Text(doc.text, doc.first_line - 1),
+        &src,
+        problems,
+    ) else {
         return;
     };
     lower(cfg, source.base_dir.as_deref(), &origin, model, problems);
@@ -532,14 +511,6 @@ fn lower_destination(
         },
         Resolution::from,
     );
-    if resolution == Resolution::None {
-        problems.error(
-            origin,
-            format!("{path}.resolution"),
-            "resolution NONE forwards to the original destination IP, which egret does not see (it is not behind iptables)",
-            Some("use resolution: DNS (the host name is resolved) or STATIC with endpoints".into()),
-        );
-    }
     let mut hosts = Vec::new();
     for (i, h) in d.hosts.iter().enumerate() {
         let host = h.trim_end_matches('.').to_ascii_lowercase();
@@ -582,14 +553,17 @@ fn lower_destination(
             endpoints: d.endpoints.clone(),
             origin: origin.clone(),
             path: path.to_string(),
-            policy: d.traffic_policy.clone().map(|spec| PolicyDecl {
-                spec,
-                origin: origin.clone(),
-                path: format!("{path}.trafficPolicy"),
-                base_dir: base_dir.map(Path::to_path_buf),
+            policy: d.traffic_policy.clone().map(|spec| {
+                PolicyDecl::native(
+                    spec,
+                    origin,
+                    format!("{path}.trafficPolicy"),
+                    base_dir.map(Path::to_path_buf),
+                )
             }),
             timeout: d.timeout.map(|t| t.0).filter(|t| !t.is_zero()),
             namespace: None,
+            subject_alt_names: Vec::new(),
         });
     }
 }

@@ -159,6 +159,23 @@ pub struct TrafficPolicySpec {
     /// Accepted so Istio manifests load; egret does not eject hosts yet (a warning says so).
     #[serde(default)]
     pub outlier_detection: Option<serde_ignored_any::Any>,
+    #[serde(default)]
+    pub tunnel: Option<serde_ignored_any::Any>,
+    #[serde(default)]
+    pub proxy_protocol: Option<serde_ignored_any::Any>,
+    #[serde(default)]
+    pub retry_budget: Option<serde_ignored_any::Any>,
+}
+
+/// `DestinationRule.subsets[]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubsetSpec {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicySpec>,
 }
 
 /// `TrafficPolicy.portLevelSettings[]`.

@@ -261,6 +261,8 @@ pub struct EgretProcess {
     pub child: std::process::Child,
     /// The first listener's bound address (read from egret's "listening on" line).
     pub addr: SocketAddr,
+    /// Every listener: (name, bound address).
+    pub listeners: Vec<(String, SocketAddr)>,
     stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -278,7 +280,7 @@ impl EgretProcess {
             .expect("spawn the egret binary");
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let (tx, rx) = std::sync::mpsc::channel::<Option<(String, SocketAddr)>>();
         {
             let out = child.stdout.take().expect("stdout");
             let lines = stdout.clone();
@@ -292,30 +294,55 @@ impl EgretProcess {
             let err = child.stderr.take().expect("stderr");
             let lines = stderr.clone();
             std::thread::spawn(move || {
+                let mut listening = false;
                 for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                     if let Some(rest) = l.strip_prefix("egret: listening on ")
-                        && let Some(addr) = rest.split(' ').next()
+                        && let Some((addr, name)) = rest.split_once(' ')
                         && let Ok(a) = addr.parse()
                     {
-                        let _ = tx.send(a);
+                        let name = name.trim_start_matches("(listener ").trim_end_matches(')');
+                        let _ = tx.send(Some((name.to_string(), a)));
+                        listening = true;
+                    } else if listening {
+                        // The listening lines are printed together; the first other line ends them.
+                        let _ = tx.send(None);
+                        listening = false;
                     }
                     lines.lock().expect("lock").push(l);
                 }
+                let _ = tx.send(None);
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => {
+        let mut listeners = Vec::new();
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(first)) => listeners.push(first),
+            _ => {
                 let _ = child.kill();
+                std::thread::sleep(Duration::from_millis(100));
                 panic!("egret did not start: {:#?}", stderr.lock().expect("lock"));
             }
-        };
+        }
+        // The other listening lines follow at once.
+        while let Ok(Some(l)) = rx.recv_timeout(Duration::from_millis(300)) {
+            listeners.push(l);
+        }
+        let addr = listeners[0].1;
         EgretProcess {
             child,
             addr,
+            listeners,
             stdout,
             stderr,
         }
+    }
+
+    /// The bound address of the listener whose name ends with `suffix` (e.g. `_3000`).
+    pub fn listener(&self, suffix: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n.ends_with(suffix))
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener named *{suffix} in {:?}", self.listeners))
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,425 @@
+//! Validation of Istio manifests as a whole: every problem is reported in one run, each with
+//! the file, document, object, field path, value and a hint.
+
+use egret::config::{Overrides, Source, load};
+
+const SE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: work}
+spec:
+  hosts: [api.example.com]
+  ports:
+    - {number: 80, name: http, protocol: HTTP, targetPort: 443}
+    - {number: 8443, name: https, protocol: HTTPS}
+  resolution: DNS
+";
+
+fn errors(docs: &[&str]) -> String {
+    let text = docs.join("---\n");
+    let mut o = Overrides::default();
+    o.istio.namespace = "work".into();
+    match load(&[Source::inline("m.yaml", &text)], &o) {
+        Ok(_) => String::new(),
+        Err(e) => e.messages().join("\n"),
+    }
+}
+
+/// (case, documents, substrings every one of which must appear in the errors)
+const CASES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "VirtualService names a Gateway that does not exist",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: vs, namespace: work}
+spec:
+  hosts: [api.example.com]
+  gateways: [egress-gw, mesh]
+  http:
+    - route:
+        - destination: {host: api.example.com, port: {number: 80}}
+",
+        ],
+        &[
+            "m.yaml (document 2) VirtualService vs: spec.gateways[0]: the VirtualService work/vs names Gateway \"egress-gw\", which does not exist",
+            "declare a Gateway named work/egress-gw",
+        ],
+    ),
+    (
+        "DestinationRule for a host no ServiceEntry declares",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: dr, namespace: work}
+spec:
+  host: api.exmaple.com
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+",
+        ],
+        &[
+            "DestinationRule dr: spec.host: DestinationRule work/dr is for api.exmaple.com, which no ServiceEntry declares",
+            "did you mean \"api.example.com\"?",
+        ],
+    ),
+    (
+        "route to a port the host does not expose",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: work}
+spec:
+  hosts: [api.example.com]
+  http:
+    - route:
+        - destination: {host: api.example.com, port: {number: 443}}
+",
+        ],
+        &[
+            "spec.http[0].route[0].destination.port.number: api.example.com does not expose port 443 (declared: 80, 8443)",
+            "destination.port is the service port: use 80 (whose targetPort is 443)",
+        ],
+    ),
+    (
+        "route to a host no ServiceEntry declares",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: work}
+spec:
+  hosts: [api.example.com]
+  http:
+    - route:
+        - destination: {host: api.example.org}
+",
+        ],
+        &[
+            "spec.http[0].route[0].destination.host: the route goes to api.example.org, which no ServiceEntry declares",
+        ],
+    ),
+    (
+        "two DestinationRules claim the same host",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: work}
+spec:
+  host: api.example.com
+  trafficPolicy: {tls: {mode: SIMPLE}}
+",
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: b, namespace: work}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings:
+      - port: {number: 80}
+        tls: {mode: SIMPLE}
+",
+        ],
+        &[
+            "DestinationRules work/a and work/b both apply to api.example.com",
+            "Istio would silently drop the second rule's trafficPolicy",
+        ],
+    ),
+    (
+        "two VirtualServices claim the same host for the mesh",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: one, namespace: work}
+spec:
+  hosts: [api.example.com]
+  http: [{route: [{destination: {host: api.example.com}}]}]
+",
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: two, namespace: work}
+spec:
+  hosts: [api.example.com]
+  http: [{route: [{destination: {host: api.example.com}}]}]
+",
+        ],
+        &[
+            "host api.example.com is routed by two VirtualServices bound to mesh: work/one and work/two",
+        ],
+    ),
+    (
+        "two ServiceEntries claim the same host and port",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api2, namespace: work}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+",
+        ],
+        &["host api.example.com port 80 is declared twice"],
+    ),
+    (
+        "misspelled enum value",
+        &["apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls:
+      mode: MUTAL
+"],
+        &[
+            "m.yaml:8:13 DestinationRule dr: spec.trafficPolicy.tls.mode: unknown value \"MUTAL\"; expected one of DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL",
+            "did you mean \"MUTUAL\"?",
+        ],
+    ),
+    (
+        "unknown field",
+        &["apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSetting: []
+"],
+        &[
+            "spec.trafficPolicy.portLevelSetting: unknown field \"portLevelSetting\"",
+            "did you mean \"portLevelSettings\"?",
+        ],
+    ),
+    (
+        "undefined subset",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: work}
+spec:
+  host: api.example.com
+  subsets: [{name: v1}]
+",
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: work}
+spec:
+  hosts: [api.example.com]
+  http: [{route: [{destination: {host: api.example.com, subset: v2, port: {number: 80}}}]}]
+",
+        ],
+        &[
+            "destination.subset: subset \"v2\" of api.example.com is not defined by a DestinationRule",
+            "did you mean \"v1\"?",
+        ],
+    ),
+    (
+        "ISTIO_MUTUAL",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: work}
+spec:
+  host: api.example.com
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+",
+        ],
+        &[
+            "ISTIO_MUTUAL needs an Istio mesh identity",
+            "use mode: MUTUAL with clientCertificate, privateKey and caCertificates (or credentialName)",
+        ],
+    ),
+    (
+        "portLevelSettings names a targetPort",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: work}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    portLevelSettings:
+      - port: {number: 443}
+        tls: {mode: SIMPLE}
+",
+        ],
+        &[
+            "portLevelSettings[0].port.number: 443 is not a port of api.example.com (declared: 80, 8443)",
+            "portLevelSettings match the service port number, not targetPort: use 80",
+        ],
+    ),
+    (
+        "unsupported apiVersion",
+        &["apiVersion: networking.istio.io/v2
+kind: ServiceEntry
+metadata: {name: x}
+spec: {hosts: [a.example.com]}
+"],
+        &["apiVersion: unsupported apiVersion \"networking.istio.io/v2\" for ServiceEntry"],
+    ),
+    (
+        "resources egret cannot honour",
+        &["apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec: {egress: [{hosts: [\"./*\"]}]}
+"],
+        &["Sidecar changes routing or security, and egret does not implement it"],
+    ),
+    (
+        "MUTUAL without a key",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: work}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: MUTUAL, clientCertificate: /etc/certs/crt.pem}
+",
+        ],
+        &[
+            "mode MUTUAL but privateKey is missing",
+            "egret never falls back to plaintext",
+        ],
+    ),
+    (
+        "credentialName that cannot be found",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: work}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: MUTUAL, credentialName: client-cert}
+",
+        ],
+        &[
+            "credentialName: secret work/client-cert was not given with --config, and no --credentials-dir is set",
+        ],
+    ),
+    (
+        "misspelled outbound policy in a MeshConfig ConfigMap",
+        &["apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio}
+data:
+  mesh: |-
+    outboundTrafficPolicy:
+      mode: REGISTER_ONLY
+"],
+        &[
+            "data.mesh.outboundTrafficPolicy.mode: unknown value \"REGISTER_ONLY\"",
+            "did you mean \"REGISTRY_ONLY\"?",
+        ],
+    ),
+    (
+        "a fault injection would be ignored",
+        &[
+            SE,
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: work}
+spec:
+  hosts: [api.example.com]
+  http:
+    - fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+      route: [{destination: {host: api.example.com, port: {number: 80}}}]
+",
+        ],
+        &[
+            "spec.http[0].fault: fault changes how requests are answered, and egret does not implement it",
+        ],
+    ),
+];
+
+#[test]
+fn each_validation_error_names_where_and_how_to_fix() {
+    let mut failures = Vec::new();
+    for (case, docs, want) in CASES {
+        let got = errors(docs);
+        for w in *want {
+            if !got.contains(w) {
+                failures.push(format!("{case}: expected {w:?} in:\n{got}\n"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_problem_is_reported_in_one_run() {
+    let got = errors(&[
+        SE,
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: work}
+spec:
+  hosts: [api.example.com]
+  gateways: [nope]
+  http: [{route: [{destination: {host: api.example.com, port: {number: 9}}}]}]
+",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: work}
+spec:
+  host: other.example.com
+",
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: egress}
+  servers: [{port: {number: 3000, name: http, protocol: HTTPX}, hosts: ['*']}]
+",
+    ]);
+    for w in [
+        "names Gateway \"nope\", which does not exist",
+        "does not expose port 9",
+        "DestinationRule work/dr is for other.example.com",
+    ] {
+        assert!(got.contains(w), "{w} in:\n{got}");
+    }
+}
+
+#[test]
+fn gateway_role_reports_an_unknown_server_protocol_and_missing_selector() {
+    let doc = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: egress}
+  servers: [{port: {number: 3000, name: http, protocol: HTTPX}, hosts: ['*']}]
+";
+    let mut o = Overrides::default();
+    o.istio.role = egret::config::istio::Role::Gateway;
+    let err = load(&[Source::inline("g.yaml", doc)], &o).expect_err("no selector");
+    assert!(
+        err.to_string()
+            .contains("--role gateway needs --gateway-selector"),
+        "{err}"
+    );
+    o.istio
+        .gateway_selector
+        .insert("istio".into(), "egress".into());
+    let err = load(&[Source::inline("g.yaml", doc)], &o).expect_err("bad protocol");
+    let s = err.to_string();
+    assert!(
+        s.contains("spec.servers[0].port.protocol: unknown protocol \"HTTPX\""),
+        "{s}"
+    );
+    assert!(s.contains("did you mean \"HTTP\"?"), "{s}");
+}
