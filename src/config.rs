@@ -1520,11 +1520,17 @@ impl Config {
     /// The effective routing table, one line per route: what `egret check` prints.
     pub fn describe(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "outbound traffic policy: {}",
-            self.outbound_policy.as_str()
-        );
+        if self
+            .listeners
+            .iter()
+            .any(|l| l.routes.fallback != Fallback::NotFound)
+        {
+            let _ = writeln!(
+                out,
+                "outbound traffic policy: {}",
+                self.outbound_policy.as_str()
+            );
+        }
         for l in &self.listeners {
             let ports = match l.routes.port_source {
                 PortSource::Request => "routes by the request's port".to_string(),

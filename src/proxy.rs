@@ -301,6 +301,9 @@ async fn forward(
             .headers
             .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
     }
+    if let Some(route) = route {
+        route.response_headers.apply(&mut parts.headers);
+    }
     let mut finish = pending.take();
     {
         let rec = &mut finish.rec;

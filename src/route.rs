@@ -150,7 +150,8 @@ impl HeaderOps {
 #[derive(Debug)]
 pub struct WeightedClusters {
     pub clusters: Vec<WeightedCluster>,
-    total: u32,
+    /// Cluster indices in smooth weighted round-robin order, one cycle.
+    schedule: Vec<u32>,
     next: AtomicU32,
 }
 
@@ -173,29 +174,48 @@ impl WeightedClusters {
                 c.weight = 1;
             }
         }
-        let total = clusters.iter().map(|c| c.weight).sum();
+        // One cycle of nginx's smooth weighted round robin over the weights reduced by their
+        // gcd: any window of the cycle's length has each cluster exactly its share, and the
+        // picks are interleaved (75/25 gives a,a,b,a, not 75 a's then 25 b's).
+        let g = clusters
+            .iter()
+            .map(|c| c.weight)
+            .filter(|w| *w > 0)
+            .fold(0, gcd)
+            .max(1);
+        let weights: Vec<i64> = clusters.iter().map(|c| i64::from(c.weight / g)).collect();
+        let total: i64 = weights.iter().sum();
+        let mut current = vec![0i64; weights.len()];
+        let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        for _ in 0..total {
+            for (c, w) in current.iter_mut().zip(&weights) {
+                *c += w;
+            }
+            let best = (0..current.len())
+                .max_by_key(|i| (current[*i], std::cmp::Reverse(*i)))
+                .unwrap_or(0);
+            current[best] -= total;
+            schedule.push(best as u32);
+        }
         WeightedClusters {
             clusters,
-            total,
+            schedule,
             next: AtomicU32::new(0),
         }
     }
 
-    /// Deterministic weighted round robin: over any window of `total` requests each cluster gets
-    /// exactly its weight.
+    /// The next cluster in the schedule.
     pub fn pick(&self) -> ClusterId {
-        if self.clusters.len() == 1 || self.total == 0 {
+        if self.clusters.len() == 1 || self.schedule.is_empty() {
             return self.clusters[0].cluster;
         }
-        let mut n = self.next.fetch_add(1, Ordering::Relaxed) % self.total;
-        for c in &self.clusters {
-            if n < c.weight {
-                return c.cluster;
-            }
-            n -= c.weight;
-        }
-        self.clusters[0].cluster
+        let n = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.schedule.len();
+        self.clusters[self.schedule[n] as usize].cluster
     }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// One `HTTPMatchRequest`: all present conditions must hold.
@@ -559,8 +579,25 @@ mod tests {
                 weight: 25,
             },
         ]);
+        let picks: Vec<ClusterId> = (0..8).map(|_| w.pick()).collect();
+        assert_eq!(
+            picks,
+            vec![0, 0, 1, 0, 0, 0, 1, 0],
+            "smooth: 3:1 interleaved"
+        );
         let ones = (0..400).filter(|_| w.pick() == 1).count();
         assert_eq!(ones, 100);
+        let w = WeightedClusters::new(vec![
+            WeightedCluster {
+                cluster: 7,
+                weight: 1,
+            },
+            WeightedCluster {
+                cluster: 8,
+                weight: 0,
+            },
+        ]);
+        assert!((0..10).all(|_| w.pick() == 7), "weight 0 gets nothing");
     }
 
     #[test]
