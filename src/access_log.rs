@@ -1211,6 +1211,8 @@ fn hostname() -> String {
 pub enum Sink {
     Stdout,
     File(PathBuf),
+    /// Any writer (tests, embedding).
+    Writer(Box<dyn std::io::Write + Send>),
 }
 
 /// The access log: a compiled format and a bounded queue to the writer thread.
@@ -1249,9 +1251,25 @@ impl AccessLog {
 
     /// Starts the writer thread. A file that cannot be opened is an error (at start-up).
     pub fn start(sink: Sink, format: LogFormat) -> std::io::Result<AccessLog> {
-        let (tx, rx) = sync_channel::<Msg>(QUEUE_LINES);
+        Self::start_with_queue(sink, format, QUEUE_LINES)
+    }
+
+    /// Like [`AccessLog::start`] with a queue of `lines` lines.
+    pub fn start_with_queue(
+        mut sink: Sink,
+        format: LogFormat,
+        lines: usize,
+    ) -> std::io::Result<AccessLog> {
+        let (tx, rx) = sync_channel::<Msg>(lines);
         let written = Arc::new(AtomicU64::new(0));
-        let out = open(&sink)?;
+        let out = match std::mem::replace(&mut sink, Sink::Stdout) {
+            Sink::Writer(w) => w,
+            other => {
+                let o = open(&other)?;
+                sink = other;
+                o
+            }
+        };
         let w = written.clone();
         std::thread::Builder::new()
             .name("egret-access-log".into())
@@ -1302,7 +1320,7 @@ type Out = Box<dyn std::io::Write + Send>;
 
 fn open(sink: &Sink) -> std::io::Result<Out> {
     Ok(match sink {
-        Sink::Stdout => Box::new(std::io::stdout()),
+        Sink::Stdout | Sink::Writer(_) => Box::new(std::io::stdout()),
         Sink::File(p) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -1340,13 +1358,14 @@ fn writer(rx: Receiver<Msg>, sink: Sink, out: Out, written: Arc<AtomicU64>) {
                     written.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Msg::Reopen => {
+            Msg::Reopen if matches!(sink, Sink::File(_)) => {
                 let _ = out.flush();
                 match open(&sink) {
                     Ok(o) => out = std::io::BufWriter::with_capacity(64 * 1024, o),
                     Err(e) => tracing::error!("{e}; still writing to the old file"),
                 }
             }
+            Msg::Reopen => {}
             Msg::Flush(done) => {
                 let _ = out.flush();
                 let _ = done.send(());
@@ -1475,6 +1494,53 @@ mod tests {
     fn start_time_extensions() {
         let f = LogFormat::text("%START_TIME(%Y/%m/%d %H:%M:%E3S)%").expect("compiles");
         assert_eq!(f.format(&record()), "2022/10/23 18:28:33.789\n");
+    }
+
+    #[test]
+    fn a_stalled_writer_never_blocks_logging_and_drops_are_counted() {
+        /// A writer that blocks until released.
+        struct Stalled(std::sync::Arc<std::sync::Mutex<()>>);
+        impl std::io::Write for Stalled {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                drop(self.0.lock());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
+        let held = gate.lock().expect("lock");
+        let log = AccessLog::start_with_queue(
+            Sink::Writer(Box::new(Stalled(gate.clone()))),
+            LogFormat::istio_text(),
+            8,
+        )
+        .expect("starts");
+        let rec = record();
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            log.log(&rec);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "logging must not wait for the writer"
+        );
+        let dropped = log.dropped.load(Ordering::Relaxed);
+        // At most the queue (8) and what fits in the writer's 64 KiB buffer got through.
+        let line = LogFormat::istio_text().format(&rec).len() as u64;
+        assert!(
+            dropped >= 1000 - 8 - (64 * 1024 / line + 2),
+            "the queue overflowed: dropped {dropped}"
+        );
+        drop(held);
+        log.flush();
+        let written = log.written.load(Ordering::Relaxed);
+        assert_eq!(
+            written + dropped,
+            1000,
+            "every line is either written or counted as dropped"
+        );
     }
 
     #[test]

@@ -34,6 +34,18 @@ pub enum DnsError {
     Other { name: String, detail: String },
 }
 
+impl DnsError {
+    /// The stable code (first word of the message).
+    pub fn code(&self) -> &'static str {
+        match self {
+            DnsError::NxDomain { .. } => "dns.nxdomain",
+            DnsError::NoRecords { .. } => "dns.no_records",
+            DnsError::Timeout { .. } => "dns.timeout",
+            DnsError::Other { .. } => "dns.error",
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
     addrs: Arc<[IpAddr]>,

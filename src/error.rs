@@ -220,8 +220,20 @@ pub enum ProxyError {
     BlockAll { host: String, port: u16 },
     /// A gateway has no route for the host, or no route matched.
     NoRoute { host: String },
-    /// DNS gave no addresses (or failed).
-    NoHealthyUpstream { target: String, reason: String },
+    /// DNS gave no addresses (or failed) for a declared host: Envoy's STRICT_DNS cluster with no
+    /// hosts (`UH`).
+    NoHealthyUpstream {
+        target: String,
+        reason: String,
+        code: &'static str,
+    },
+    /// DNS failed for a host taken from the request (wildcard and passthrough clusters, Envoy's
+    /// dynamic forward proxy): `DF`.
+    DnsFailed {
+        target: String,
+        reason: String,
+        code: &'static str,
+    },
     /// Every connection attempt failed (TCP or TLS).
     Connect(ConnectFailure),
     /// The connection pool is full (connectionPool.tcp.maxConnections).
@@ -244,6 +256,7 @@ impl ProxyError {
             ProxyError::BlockAll { .. } => 502,
             ProxyError::NoRoute { .. } => 404,
             ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::DnsFailed { .. }
             | ProxyError::Connect(_)
             | ProxyError::Overflow { .. }
             | ProxyError::UpstreamTerminated { .. }
@@ -260,6 +273,7 @@ impl ProxyError {
             ProxyError::BlockAll { .. } => Flags::NONE,
             ProxyError::NoRoute { .. } => Flags::NR,
             ProxyError::NoHealthyUpstream { .. } => Flags::UH,
+            ProxyError::DnsFailed { .. } => Flags::DF,
             ProxyError::Connect(c) if c.attempts > 1 => Flags::UF | Flags::URX,
             ProxyError::Connect(_) | ProxyError::UpstreamTls(_) => Flags::UF,
             ProxyError::Overflow { .. } => Flags::UO,
@@ -300,6 +314,7 @@ impl ProxyError {
             ProxyError::BlockAll { .. } => "direct_response".to_string(),
             ProxyError::NoRoute { .. } => "route_not_found".to_string(),
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream".to_string(),
+            ProxyError::DnsFailed { .. } => "dns_resolution_failure".to_string(),
             ProxyError::Timeout(_) => "response_timeout".to_string(),
             _ => {
                 let reason = self.reset_reason().unwrap_or("connection failure");
@@ -323,7 +338,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "request.invalid",
             ProxyError::BlockAll { .. } => "policy.host_not_allowed",
             ProxyError::NoRoute { .. } => "route.not_found",
-            ProxyError::NoHealthyUpstream { .. } => "upstream.no_healthy_upstream",
+            ProxyError::NoHealthyUpstream { code, .. } | ProxyError::DnsFailed { code, .. } => code,
             ProxyError::Connect(c) => c.error.code(),
             ProxyError::Overflow { .. } => "upstream.overflow",
             ProxyError::UpstreamTerminated { .. } => "upstream.connection_termination",
@@ -355,6 +370,9 @@ impl ProxyError {
             }
             ProxyError::NoHealthyUpstream { reason, .. } => {
                 let _ = write!(b, "no healthy upstream\negret: {reason}");
+            }
+            ProxyError::DnsFailed { reason, .. } => {
+                let _ = write!(b, "DNS resolution failure\negret: {reason}");
             }
             ProxyError::Timeout(d) => {
                 let _ = write!(

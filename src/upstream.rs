@@ -349,6 +349,7 @@ impl ClusterPool {
                 return Err(ProxyError::NoHealthyUpstream {
                     target: host.to_string(),
                     reason: format!("{} has no addresses", self.cluster.name),
+                    code: "upstream.no_healthy_upstream",
                 }
                 .into());
             }
@@ -436,14 +437,25 @@ impl ClusterPool {
                 if let Some(to) = ctx.overrides.connect_to(name, port) {
                     return Ok((Addrs::Many(vec![to]), port));
                 }
-                let ips =
-                    ctx.dns
-                        .resolve(name)
-                        .await
-                        .map_err(|e| ProxyError::NoHealthyUpstream {
-                            target: format!("{name}:{port}"),
-                            reason: format!("{e} (cluster {})", self.cluster.name),
-                        })?;
+                let dynamic = ep.name.is_none();
+                let ips = ctx.dns.resolve(name).await.map_err(|e| {
+                    let target = format!("{name}:{port}");
+                    let reason = format!("{e} (cluster {})", self.cluster.name);
+                    let code = e.code();
+                    if dynamic {
+                        ProxyError::DnsFailed {
+                            target,
+                            reason,
+                            code,
+                        }
+                    } else {
+                        ProxyError::NoHealthyUpstream {
+                            target,
+                            reason,
+                            code,
+                        }
+                    }
+                })?;
                 Ok((Addrs::One { ips, port }, port))
             }
             Endpoints::Dns(eps) => {
@@ -464,6 +476,9 @@ impl ClusterPool {
                 if out.is_empty() {
                     return Err(ProxyError::NoHealthyUpstream {
                         target: self.cluster.host.clone(),
+                        code: last_err
+                            .as_ref()
+                            .map_or("upstream.no_healthy_upstream", |e| e.code()),
                         reason: last_err.map_or_else(
                             || format!("cluster {} has no endpoints", self.cluster.name),
                             |e| format!("{e} (cluster {})", self.cluster.name),
