@@ -200,10 +200,8 @@ async fn tls_alerts_from_the_server_are_explained() {
     ] {
         let (addr, _h) = alert_server(alert).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let yaml = format!(
-            "listeners: [{{name: outbound, address: \"127.0.0.1:0\"}}]\ndestinations:\n  - hosts: [old.test]\n    ports: [{{number: 80, targetPort: 443}}]\n    trafficPolicy: {{tls: {{mode: SIMPLE}}}}\n"
-        );
-        let e = start_egret(&yaml, connect_to("old.test", 443, addr), dir.path()).await;
+        let yaml = "listeners: [{name: outbound, address: \"127.0.0.1:0\"}]\ndestinations:\n  - hosts: [old.test]\n    ports: [{number: 80, targetPort: 443}]\n    trafficPolicy: {tls: {mode: SIMPLE}}\n";
+        let e = start_egret(yaml, connect_to("old.test", 443, addr), dir.path()).await;
         let r = get(e.addr, "old.test", "/").await;
         assert_eq!(
             (r.status.as_u16(), r.header("x-egret-error")),
