@@ -384,3 +384,40 @@ async fn sigusr1_reopens_the_log_file_for_logrotate() {
         "{new}"
     );
 }
+
+/// A server that reads the request, then closes the connection without answering.
+async fn hangup_server() -> (SocketAddr, ServerHandle) {
+    let l = bind_loopback().await;
+    let addr = l.local_addr().expect("addr");
+    let h = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, ServerHandle::new(h))
+}
+
+#[tokio::test]
+async fn uc_when_the_upstream_closes_before_answering() {
+    let (addr, _h) = hangup_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = start_egret(&plain_yaml(addr.port(), ""), Overrides::default(), dir.path()).await;
+    let r = get(e.addr, "app.test", "/").await;
+    assert_eq!((r.status.as_u16(), r.header("x-egret-error")), (503, "upstream.connection_termination"), "{r:?}");
+    assert!(r.body.contains("reset reason: connection termination"), "{}", r.body);
+    assert!(r.body.contains("closed the connection before sending response headers on a new connection"), "{}", r.body);
+    let l = e.log_entry(1).await;
+    assert_eq!((l.code, l.flags.as_str()), (503, "UC"));
+    assert_eq!(l.details, "upstream_reset_before_response_started{connection_termination}");
+    assert_eq!(l.upstream_host, addr.to_string());
+}
