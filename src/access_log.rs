@@ -256,6 +256,8 @@ pub struct Template {
 /// A compiled log format: TEXT (one template) or JSON (key -> template).
 #[derive(Clone, Debug)]
 pub struct LogFormat {
+    /// The format as given (to tell whether a reload changed it).
+    source: String,
     kind: FormatKind,
     req_headers: Vec<HeaderKey>,
     resp_headers: Vec<HeaderName>,
@@ -302,12 +304,14 @@ impl LogFormat {
         }
         let t = f.compile(&s)?;
         f.kind = FormatKind::Text(t);
+        f.source = s;
         Ok(f)
     }
 
     /// Compiles a JSON format: each value is a format string.
     pub fn json(pairs: &[(String, String)]) -> Result<LogFormat, String> {
         let mut f = LogFormat::empty();
+        f.source = format!("json:{pairs:?}");
         let mut out = Vec::new();
         for (k, v) in pairs {
             out.push((
@@ -335,6 +339,7 @@ impl LogFormat {
 
     fn empty() -> LogFormat {
         LogFormat {
+            source: String::new(),
             kind: FormatKind::Text(Template { tokens: Vec::new() }),
             req_headers: Vec::new(),
             resp_headers: Vec::new(),
@@ -1284,6 +1289,11 @@ impl AccessLog {
 
     pub fn is_enabled(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// Whether this log writes `format`.
+    pub fn format_is(&self, format: &LogFormat) -> bool {
+        self.format.source == format.source
     }
 
     /// Queues the record's line; never blocks.

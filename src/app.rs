@@ -1,23 +1,27 @@
-//! Composition root: builds the runtime from a `Config`, binds every listener (or fails), and
-//! spawns the accept loops. Tests start egret in-process through [`build`] on port 0.
+//! Composition root: builds the runtime from a `Config`, binds every listener (or fails), runs
+//! the accept loops and the operational servers, swaps in new configurations (reload) and
+//! drains on shutdown. Tests start egret in-process through [`build`] on port 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::access_log::{AccessLog, LogFormat, Sink};
+use crate::admin::{self, Command, Health, LogLevelHandle, Ops, Server};
 use crate::config::{AccessLogPath, Config, ConfigError, Problem};
 use crate::dns::Dns;
 use crate::listener;
+use crate::metrics::{CertExpiry, Metrics, Workload};
 use crate::proxy::Runtime;
 use crate::tls::TlsContexts;
 use crate::upstream::{ClusterPool, UpstreamCtx};
 
-/// Why egret could not start.
+/// Why egret could not start (or reload).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
@@ -32,9 +36,53 @@ pub enum StartError {
     AccessLog(std::io::Error),
 }
 
+/// Addresses of the operational servers (`None` = off).
+#[derive(Clone, Debug, Default)]
+pub struct OpsAddrs {
+    pub ready: Option<SocketAddr>,
+    pub stats: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// How the process runs.
+#[derive(Clone)]
+pub struct Options {
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain: Duration,
+    /// How long egret keeps accepting after readiness turns 503 (so load balancers notice).
+    pub drain_grace: Duration,
+    pub ops: OpsAddrs,
+    pub log_level: Option<LogLevelHandle>,
+    pub workload: Workload,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            drain: Duration::from_secs(45),
+            drain_grace: Duration::from_secs(0),
+            ops: OpsAddrs::default(),
+            log_level: None,
+            workload: Workload::default(),
+        }
+    }
+}
+
+/// What lives for the whole process, across reloads.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
 /// Builds the runtime (TLS material, DNS, pools, access log) for a config. Warnings found while
-/// loading TLS material are appended to `warnings`.
-pub fn runtime(config: Config, warnings: &mut Vec<Problem>) -> Result<Runtime, StartError> {
+/// loading TLS material are appended to `warnings`. Pools of `previous` whose cluster and TLS
+/// material did not change are kept (with their warm connections).
+pub fn runtime(
+    config: Config,
+    shared: &Shared,
+    previous: Option<&Runtime>,
+    warnings: &mut Vec<Problem>,
+) -> Result<Runtime, StartError> {
     let tls = TlsContexts::build(&config, warnings)?;
     let listener_tls = tls
         .by_listener
@@ -42,11 +90,38 @@ pub fn runtime(config: Config, warnings: &mut Vec<Problem>) -> Result<Runtime, S
         .map(|c| c.clone().map(tokio_rustls::TlsAcceptor::from))
         .collect();
     let dns = Arc::new(Dns::new(&config.dns, &config.upstream_overrides.resolve));
+    let mut certs: Vec<crate::tls::CertInfo> = tls.listener_certs.clone();
+    let mut insecure = 0;
     let pools = config
         .clusters
         .iter()
         .zip(tls.by_cluster)
-        .map(|(c, t)| Arc::new(ClusterPool::new(c.clone(), t)))
+        .map(|(c, t)| {
+            if let Some(t) = &t {
+                for ci in &t.certs {
+                    if !certs
+                        .iter()
+                        .any(|x| x.source == ci.source && x.subject == ci.subject)
+                    {
+                        certs.push(ci.clone());
+                    }
+                }
+                if t.policy.insecure_skip_verify {
+                    insecure += 1;
+                }
+            }
+            if let Some(p) =
+                previous.and_then(|r| r.pools.iter().find(|p| p.cluster.name == c.name))
+                && p.same_as(c, t.as_ref())
+            {
+                return p.clone();
+            }
+            Arc::new(ClusterPool::new(
+                c.clone(),
+                t,
+                shared.metrics.cluster(&c.name),
+            ))
+        })
         .collect();
     let format = LogFormat::from_mesh(
         config.access_log.encoding,
@@ -60,34 +135,155 @@ pub fn runtime(config: Config, warnings: &mut Vec<Problem>) -> Result<Runtime, S
             None,
         )
     })?;
-    let access_log = match &config.access_log.path {
-        AccessLogPath::Stdout => AccessLog::start(Sink::Stdout, format),
-        AccessLogPath::File(p) => AccessLog::start(Sink::File(p.clone()), format),
-        AccessLogPath::Off => Ok(AccessLog::disabled()),
+    // A reload with the same destination keeps the writer (no reopen, no lost lines).
+    let access_log = match previous {
+        Some(p)
+            if p.config.access_log.path == config.access_log.path
+                && p.access_log.format_is(&format) =>
+        {
+            p.access_log.clone()
+        }
+        _ => Arc::new(
+            match &config.access_log.path {
+                AccessLogPath::Stdout => AccessLog::start(Sink::Stdout, format),
+                AccessLogPath::File(p) => AccessLog::start(Sink::File(p.clone()), format),
+                AccessLogPath::Off => Ok(AccessLog::disabled()),
+            }
+            .map_err(StartError::AccessLog)?,
+        ),
+    };
+    if let Ok(mut d) = shared.metrics.access_log_dropped.write() {
+        *d = Some(access_log.dropped.clone());
     }
-    .map_err(StartError::AccessLog)?;
+    if let Ok(mut c) = shared.metrics.certs.write() {
+        *c = certs
+            .iter()
+            .map(|ci| CertExpiry {
+                role: ci.role,
+                source: ci.source.clone(),
+                subject: ci.subject.clone(),
+                not_after: ci.not_after,
+            })
+            .collect();
+    }
+    shared
+        .metrics
+        .insecure_destinations
+        .store(insecure, Ordering::Relaxed);
     Ok(Runtime {
         upstream: UpstreamCtx {
             dns,
             overrides: config.upstream_overrides.clone(),
+            metrics: shared.metrics.clone(),
         },
         config: Arc::new(config),
         pools,
-        access_log: Arc::new(access_log),
+        access_log,
         listener_tls,
+        metrics: shared.metrics.clone(),
+        health: shared.health.clone(),
+        certs,
     })
 }
 
-/// A running egret.
-pub struct Bound {
-    /// (listener name, bound address), in config order.
-    pub listeners: Vec<(String, SocketAddr)>,
-    pub state: Arc<ArcSwap<Runtime>>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+struct Running {
+    /// `Listener::key`: the identity across reloads.
+    key: Arc<str>,
+    name: String,
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
 }
 
-impl Bound {
+/// A running egret.
+pub struct App {
+    /// (listener name, bound address), in config order.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// (server name, bound address) of the operational servers.
+    pub ops: Vec<(String, SocketAddr)>,
+    pub state: Arc<ArcSwap<Runtime>>,
+    pub shared: Arc<Shared>,
+    /// Requests from the admin API (`/quitquitquit`, `/drain_listeners`).
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    running: Vec<Running>,
+    ops_stop: watch::Sender<bool>,
+    ops_tasks: Vec<JoinHandle<()>>,
+    options: Options,
+}
+
+/// Binds the operational servers, builds the runtime and binds every listener. Listeners with
+/// port 0 get an ephemeral port (see [`App::listeners`]).
+pub async fn build(config: Config, options: Options) -> Result<(App, Vec<Problem>), StartError> {
+    let shared = Arc::new(Shared {
+        metrics: Arc::new(Metrics::default()),
+        health: Arc::new(Health::default()),
+    });
+    if let Ok(mut w) = shared.metrics.workload.write() {
+        *w = options.workload.clone();
+    }
+    // The operational servers come up first, so readiness can say what is pending.
+    let mut ops_sockets = Vec::new();
+    for (which, addr) in [
+        (Server::Ready, options.ops.ready),
+        (Server::Stats, options.ops.stats),
+        (Server::Admin, options.ops.admin),
+    ] {
+        if let Some(addr) = addr {
+            let sock = admin::bind(addr).map_err(|source| StartError::Bind {
+                name: which.name().to_string(),
+                addr,
+                source,
+            })?;
+            ops_sockets.push((which, sock));
+        }
+    }
+    shared
+        .health
+        .set_pending(vec!["loading TLS material and binding listeners".into()]);
+    let mut warnings = config.warnings.clone();
+    let rt = runtime(config, &shared, None, &mut warnings)?;
+    let state = Arc::new(ArcSwap::from_pointee(rt));
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let ops = Arc::new(Ops {
+        state: state.clone(),
+        metrics: shared.metrics.clone(),
+        health: shared.health.clone(),
+        commands: cmd_tx,
+        log_level: options.log_level.clone(),
+    });
+    let (ops_stop, ops_rx) = watch::channel(false);
+    let mut ops_bound = Vec::new();
+    let mut ops_tasks = Vec::new();
+    for (which, sock) in ops_sockets {
+        if let Ok(a) = sock.local_addr() {
+            ops_bound.push((which.name().to_string(), a));
+        }
+        ops_tasks.push(tokio::spawn(admin::serve(
+            sock,
+            which,
+            ops.clone(),
+            ops_rx.clone(),
+        )));
+    }
+    let mut app = App {
+        listeners: Vec::new(),
+        ops: ops_bound,
+        state,
+        shared,
+        commands: cmd_rx,
+        running: Vec::new(),
+        ops_stop,
+        ops_tasks,
+        options,
+    };
+    let config = app.state.load().config.clone();
+    let socks = app.prepare(&config)?;
+    app.start(&config, socks);
+    app.shared.health.set_ready();
+    Ok((app, warnings))
+}
+
+impl App {
     /// The bound address of a listener.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners
@@ -96,11 +292,136 @@ impl Bound {
             .map(|(_, a)| *a)
     }
 
-    /// Stops accepting, lets in-flight requests finish for up to `deadline`, flushes the log.
-    pub async fn shutdown(self, deadline: Duration) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(deadline + Duration::from_secs(1), t).await;
+    /// The bound address of an operational server (`readiness`, `stats`, `admin`).
+    pub fn ops_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.ops.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Binds the config's listeners that are not running yet (nothing changes on failure).
+    fn prepare(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(Arc<str>, String, SocketAddr, tokio::net::TcpListener)>, StartError> {
+        let mut socks = Vec::new();
+        for l in &config.listeners {
+            if self.running.iter().any(|r| r.key == l.key()) {
+                continue;
+            }
+            let err = |source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.address,
+                source,
+            };
+            let sock = listener::bind(l.address).map_err(err)?;
+            let bound = sock.local_addr().map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.address,
+                source,
+            })?;
+            socks.push((l.key(), l.name.clone(), bound, sock));
+        }
+        Ok(socks)
+    }
+
+    /// Starts accept loops on the prepared sockets and stops the listeners the config no
+    /// longer has.
+    fn start(
+        &mut self,
+        config: &Config,
+        socks: Vec<(Arc<str>, String, SocketAddr, tokio::net::TcpListener)>,
+    ) {
+        for (key, name, bound, sock) in socks {
+            let (stop, rx) = watch::channel(false);
+            let task = tokio::spawn(listener::serve_http(
+                sock,
+                key.clone(),
+                name.clone(),
+                self.state.clone(),
+                rx,
+                self.options.drain,
+            ));
+            self.running.push(Running {
+                key,
+                name,
+                bound,
+                stop,
+                task,
+            });
+        }
+        let keep: Vec<Arc<str>> = config.listeners.iter().map(|l| l.key()).collect();
+        for r in self.running.iter().filter(|r| !keep.contains(&r.key)) {
+            tracing::info!(
+                "listener {} on {} removed by the new configuration; draining it",
+                r.name,
+                r.bound
+            );
+            let _ = r.stop.send(true);
+        }
+        self.running.retain(|r| keep.contains(&r.key));
+        self.listeners = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                self.running
+                    .iter()
+                    .find(|r| r.key == l.key())
+                    .map(|r| (l.name.clone(), r.bound))
+            })
+            .collect();
+    }
+
+    /// Swaps in a new configuration. It is fully validated and its TLS material loaded first;
+    /// on any error the running configuration stays (and the failure is counted). Requests in
+    /// flight finish on the old configuration; listeners whose address did not change are not
+    /// touched.
+    pub fn reload(&mut self, config: Config) -> Result<Vec<Problem>, StartError> {
+        let result = self.try_reload(config);
+        let m = &self.shared.metrics;
+        match &result {
+            Ok(_) => m.reload_success.fetch_add(1, Ordering::Relaxed),
+            Err(_) => m.reload_failure.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    fn try_reload(&mut self, config: Config) -> Result<Vec<Problem>, StartError> {
+        let mut warnings = config.warnings.clone();
+        let previous = self.state.load_full();
+        let rt = runtime(config, &self.shared, Some(&previous), &mut warnings)?;
+        let new_config = rt.config.clone();
+        let socks = self.prepare(&new_config)?;
+        self.state.store(Arc::new(rt));
+        self.start(&new_config, socks);
+        Ok(warnings)
+    }
+
+    /// `/drain_listeners`: readiness turns 503 and the listeners stop accepting; connections
+    /// finish what they have in flight.
+    pub fn drain_listeners(&mut self) {
+        self.shared.health.set_draining();
+        for r in &self.running {
+            let _ = r.stop.send(true);
+        }
+    }
+
+    /// Graceful shutdown: readiness 503 at once, accept for `drain_grace` more (responses then
+    /// carry `Connection: close`), stop accepting, let in-flight requests finish for up to
+    /// `drain`, flush the access log.
+    pub async fn shutdown(self) {
+        self.shared.health.set_draining();
+        if !self.options.drain_grace.is_zero() {
+            tokio::time::sleep(self.options.drain_grace).await;
+        }
+        for r in &self.running {
+            let _ = r.stop.send(true);
+        }
+        let deadline = self.options.drain + Duration::from_secs(1);
+        for r in self.running {
+            let _ = tokio::time::timeout(deadline, r.task).await;
+        }
+        let _ = self.ops_stop.send(true);
+        for t in self.ops_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
         self.state.load().access_log.flush();
     }
@@ -109,51 +430,17 @@ impl Bound {
     pub fn flush_access_log(&self) {
         self.state.load().access_log.flush();
     }
+
+    /// The configured drain deadline.
+    pub fn drain_duration(&self) -> Duration {
+        self.options.drain
+    }
+
+    /// Requests in flight, over all clusters.
+    pub fn in_flight(&self) -> u64 {
+        crate::proxy::in_flight(&self.state.load())
+    }
 }
 
-/// Builds the runtime and binds every listener. Listeners with port 0 get an ephemeral port
-/// (see [`Bound::listeners`]).
-pub async fn build(config: Config, drain: Duration) -> Result<(Bound, Vec<Problem>), StartError> {
-    let mut warnings = config.warnings.clone();
-    let rt = runtime(config, &mut warnings)?;
-    let mut bound = Vec::new();
-    let mut sockets = Vec::new();
-    for l in &rt.config.listeners {
-        let sock = listener::bind(l.address).map_err(|source| StartError::Bind {
-            name: l.name.clone(),
-            addr: l.address,
-            source,
-        })?;
-        let addr = sock.local_addr().map_err(|source| StartError::Bind {
-            name: l.name.clone(),
-            addr: l.address,
-            source,
-        })?;
-        bound.push((l.name.clone(), addr));
-        sockets.push(sock);
-    }
-    let state = Arc::new(ArcSwap::from_pointee(rt));
-    let (tx, rx) = watch::channel(false);
-    let tasks = sockets
-        .into_iter()
-        .enumerate()
-        .map(|(i, sock)| {
-            tokio::spawn(listener::serve_http(
-                sock,
-                i,
-                state.clone(),
-                rx.clone(),
-                drain,
-            ))
-        })
-        .collect();
-    Ok((
-        Bound {
-            listeners: bound,
-            state,
-            shutdown: tx,
-            tasks,
-        },
-        warnings,
-    ))
-}
+/// Compatibility name used by tests and benches.
+pub type Bound = App;

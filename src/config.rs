@@ -66,6 +66,18 @@ pub struct Listener {
     pub tls: Option<Arc<ServerTlsPolicy>>,
 }
 
+impl Listener {
+    /// The listener's identity across reloads: its address, or with an ephemeral port (0) its
+    /// name and address. A reload keeps a listener (and its socket) whose key did not change.
+    pub fn key(&self) -> Arc<str> {
+        if self.address.port() == 0 {
+            Arc::from(format!("{}@{}", self.name, self.address))
+        } else {
+            Arc::from(self.address.to_string())
+        }
+    }
+}
+
 /// TLS a listener terminates (Istio's ServerTLSSettings, SIMPLE or MUTUAL).
 #[derive(Clone, Debug)]
 pub struct ServerTlsPolicy {
@@ -356,6 +368,19 @@ impl TlsPolicy {
             self.crl.clone(),
             self.subject_alt_names.clone(),
             self.insecure_skip_verify,
+        )
+    }
+
+    /// The material key, printable (for fingerprints).
+    pub fn material_key_debug(&self) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {}",
+            self.mode,
+            self.roots,
+            self.client_cert,
+            self.crl,
+            self.subject_alt_names,
+            self.insecure_skip_verify
         )
     }
 
@@ -970,12 +995,9 @@ fn build(mut model: Model, overrides: &Overrides, problems: &mut Problems) -> Co
     if let Some(r) = &model.routing {
         r.gateway_listeners(&mut listeners, &by_name, problems);
     }
-    let mut seen_addrs: HashMap<SocketAddr, String> = HashMap::new();
+    let mut seen_addrs: HashMap<Arc<str>, String> = HashMap::new();
     for l in &listeners {
-        if l.address.port() == 0 {
-            continue;
-        }
-        if let Some(prev) = seen_addrs.insert(l.address, l.name.clone()) {
+        if let Some(prev) = seen_addrs.insert(l.key(), l.name.clone()) {
             problems.error(
                 &Origin::file("listeners"),
                 "",
@@ -1517,6 +1539,40 @@ pub(crate) fn check_host(host: &str, allow_any: bool) -> Result<(), String> {
 }
 
 impl Config {
+    /// The TLS files the configuration reads (watched for changes).
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut add = |p: &PemSource| {
+            if let PemSource::File(f) = p {
+                out.push(f.clone());
+            }
+        };
+        for c in &self.clusters {
+            if let Some(t) = &c.tls {
+                if let TrustRoots::Pem(p) = &t.roots {
+                    add(p);
+                }
+                if let Some((a, b)) = &t.client_cert {
+                    add(a);
+                    add(b);
+                }
+                if let Some(c) = &t.crl {
+                    add(c);
+                }
+            }
+        }
+        for l in &self.listeners {
+            if let Some(t) = &l.tls {
+                add(&t.cert);
+                add(&t.key);
+                if let Some(c) = &t.client_ca {
+                    add(c);
+                }
+            }
+        }
+        out
+    }
+
     /// The effective routing table, one line per route: what `egret check` prints.
     pub fn describe(&self) -> String {
         let mut out = String::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Envoy response flags, as bits in Envoy's internal enum order (which is also the order they
 /// are printed in, joined by `,`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Flags(u32);
 
 macro_rules! flags {

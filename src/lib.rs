@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod connect;
 pub mod dns;
 pub mod error;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod tls;

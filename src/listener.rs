@@ -36,11 +36,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// to `drain`.
 pub async fn serve_http(
     listener: TcpListener,
-    index: usize,
+    key: Arc<str>,
+    name: String,
     state: Arc<ArcSwap<Runtime>>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let stats = state.load().metrics.listener(&name);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -69,14 +71,25 @@ pub async fn serve_http(
                     local,
                     remote,
                     id: NEXT_DOWNSTREAM_ID.fetch_add(1, Ordering::Relaxed),
-                    listener: index,
+                    listener: key.clone(),
                     sni: None,
                 };
-                let acceptor = state.load().listener_tls.get(index).cloned().flatten();
+                let acceptor = {
+                    let rt = state.load();
+                    rt.config
+                        .listeners
+                        .iter()
+                        .position(|l| l.key() == key)
+                        .and_then(|i| rt.listener_tls.get(i).cloned().flatten())
+                };
+                stats.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+                stats.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
+                let cx_stats = stats.clone();
                 let watcher = graceful.watcher();
                 let state = state.clone();
                 let builder = builder.clone();
                 tokio::spawn(async move {
+                    let _active = ActiveGuard(cx_stats);
                     match acceptor {
                         None => serve_conn(stream, ctx, state, builder, watcher).await,
                         Some(acc) => {
@@ -106,6 +119,15 @@ pub async fn serve_http(
 }
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Decrements the listener's active connections when a connection ends.
+struct ActiveGuard(Arc<crate::metrics::ListenerStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Serves HTTP on one accepted connection (plain or TLS).
 async fn serve_conn<IO>(

@@ -62,9 +62,27 @@ struct RunArgs {
     /// Worker threads (default: one per CPU; 1 runs everything on one thread).
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
-    /// How long in-flight requests may take to finish on shutdown.
-    #[arg(long, value_name = "DURATION", default_value = "45s")]
-    drain_duration: String,
+    /// How long in-flight requests may take to finish on shutdown (default 45s, or the
+    /// MeshConfig's defaultConfig.drainDuration).
+    #[arg(long, value_name = "DURATION")]
+    drain_duration: Option<String>,
+    /// How long egret keeps accepting after readiness turns 503 on shutdown, so load balancers
+    /// stop sending first.
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    drain_grace: String,
+    /// Readiness server (GET /healthz/ready), or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15021")]
+    ready: String,
+    /// Prometheus server (GET /stats/prometheus, /metrics), or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15090")]
+    stats: String,
+    /// Admin API (keep it on localhost), or `off`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    admin: String,
+    /// How often configuration and certificate files are checked for changes (0s: only SIGHUP
+    /// reloads).
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    watch_interval: String,
     /// Log level for egret's own messages (the access log is separate): error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", env = "EGRET_LOG", default_value = "info")]
     log_level: String,
@@ -146,7 +164,7 @@ fn main() -> ExitCode {
         Some(Command::Check(a)) => (true, a, matches.subcommand_matches("check")),
         None => (false, cli.run, Some(&matches)),
     };
-    init_tracing(&args.log_level);
+    let log_level = init_tracing(&args.log_level);
 
     let placed = match sub.map(|m| placed_params(m, &args)).transpose() {
         Ok(p) => p.unwrap_or_default(),
@@ -162,34 +180,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let drain = match config::spec::Dur::parse(&args.drain_duration) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("egret: --drain-duration {e}");
-            return ExitCode::from(2);
-        }
+    let loader = Loader {
+        args: args.clone(),
+        placed,
+        overrides,
     };
-    let sources = if args.config.is_empty() {
-        vec![Source::embedded_default()]
-    } else {
-        let mut all = Vec::new();
-        for (i, path) in args.config.iter().enumerate() {
-            match config::read_sources(std::slice::from_ref(path)) {
-                Ok(mut s) => {
-                    for src in &mut s {
-                        src.params = placed.per_config.get(i).cloned().unwrap_or_default();
-                    }
-                    all.extend(s);
-                }
-                Err(e) => {
-                    eprint!("egret: {e}");
-                    return ExitCode::from(1);
-                }
-            }
-        }
-        all
-    };
-    let cfg = match config::load(&sources, &overrides) {
+    let cfg = match loader.load() {
         Ok(c) => c,
         Err(e) => {
             eprint!("egret: {e}");
@@ -211,6 +207,20 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    let options = match app_options(&args, &cfg, &loader.overrides, log_level) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("egret: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let watch_every = match config::spec::Dur::parse(&args.watch_interval) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("egret: --watch-interval {e}");
+            return ExitCode::from(2);
+        }
+    };
     let threads = args
         .concurrency
         .filter(|n| *n > 0)
@@ -232,12 +242,137 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(run(cfg, drain))
+    rt.block_on(run(cfg, options, loader, watch_every))
 }
 
-async fn run(cfg: config::Config, drain: Duration) -> ExitCode {
+/// Reads and validates the configuration the command line names (at start and on reload).
+struct Loader {
+    args: RunArgs,
+    placed: Placed,
+    overrides: Overrides,
+}
+
+impl Loader {
+    fn sources(&self) -> Result<Vec<Source>, String> {
+        if self.args.config.is_empty() {
+            return Ok(vec![Source::embedded_default()]);
+        }
+        let mut all = Vec::new();
+        for (i, path) in self.args.config.iter().enumerate() {
+            let mut s =
+                config::read_sources(std::slice::from_ref(path)).map_err(|e| e.to_string())?;
+            for src in &mut s {
+                src.params = self.placed.per_config.get(i).cloned().unwrap_or_default();
+            }
+            all.extend(s);
+        }
+        Ok(all)
+    }
+
+    fn load(&self) -> Result<config::Config, String> {
+        let sources = self.sources()?;
+        config::load(&sources, &self.overrides).map_err(|e| e.to_string())
+    }
+
+    /// Every file whose change reloads egret: the configuration (files, directory listings,
+    /// parameter files, MeshConfig) and the TLS material it refers to.
+    fn watched(&self, cfg: &config::Config) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.args.config.clone();
+        files.extend(self.args.param_file.iter().cloned());
+        files.extend(self.args.mesh_config.iter().cloned());
+        for f in &self.args.config {
+            if let Ok(rd) = std::fs::read_dir(f) {
+                files.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        }
+        files.extend(cfg.watched_files());
+        files.sort();
+        files.dedup();
+        files
+    }
+}
+
+/// A fingerprint of files: what they resolve to (following symlinks, so Kubernetes' atomic
+/// `..data` swap of a mounted Secret or ConfigMap counts) and their content.
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        match std::fs::metadata(f) {
+            Ok(m) if m.is_file() => {
+                m.len().hash(&mut h);
+                m.modified().ok().hash(&mut h);
+                if let Ok(bytes) = std::fs::read(f) {
+                    bytes.hash(&mut h);
+                }
+            }
+            Ok(m) => m.is_dir().hash(&mut h),
+            Err(_) => 0u8.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+fn parse_ops_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
+    if v == "off" || v.is_empty() {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| format!("{flag} \"{v}\": expected IP:PORT or off"))
+}
+
+fn app_options(
+    args: &RunArgs,
+    cfg: &config::Config,
+    overrides: &Overrides,
+    log_level: Option<egret::admin::LogLevelHandle>,
+) -> Result<egret::app::Options, String> {
+    // The MeshConfig's drainDuration applies unless --drain-duration is given.
+    let drain = match (&args.drain_duration, cfg.drain_duration) {
+        (Some(d), _) => config::spec::Dur::parse(d).map_err(|e| format!("--drain-duration {e}"))?,
+        (None, Some(d)) => d,
+        (None, None) => Duration::from_secs(45),
+    };
+    let drain_grace =
+        config::spec::Dur::parse(&args.drain_grace).map_err(|e| format!("--drain-grace {e}"))?;
+    let labels = match overrides.istio.role {
+        Role::Gateway => &overrides.istio.gateway_selector,
+        Role::Sidecar => &overrides.istio.workload_labels,
+    };
+    let app = labels
+        .get("app")
+        .or_else(|| labels.get("istio"))
+        .cloned()
+        .unwrap_or_default();
+    Ok(egret::app::Options {
+        drain,
+        drain_grace,
+        ops: egret::app::OpsAddrs {
+            ready: parse_ops_addr("--ready", &args.ready)?,
+            stats: parse_ops_addr("--stats", &args.stats)?,
+            admin: parse_ops_addr("--admin", &args.admin)?,
+        },
+        log_level,
+        workload: egret::metrics::Workload {
+            name: app.clone(),
+            namespace: overrides.istio.namespace.clone(),
+            app,
+            version: labels.get("version").cloned().unwrap_or_default(),
+        },
+    })
+}
+
+async fn run(
+    cfg: config::Config,
+    options: egret::app::Options,
+    loader: Loader,
+    watch_every: Duration,
+) -> ExitCode {
+    let mut watched = loader.watched(&cfg);
     let describe = cfg.describe();
-    let (bound, warnings) = match egret::app::build(cfg, drain).await {
+    let (mut app, warnings) = match egret::app::build(cfg, options).await {
         Ok(b) => b,
         Err(e) => {
             eprint!("egret: {e}");
@@ -250,44 +385,141 @@ async fn run(cfg: config::Config, drain: Duration) -> ExitCode {
     };
     print_problems(&warnings);
     tracing::debug!("effective routes:\n{describe}");
-    for (name, addr) in &bound.listeners {
+    for (name, addr) in &app.listeners {
         eprintln!("egret: listening on {addr} (listener {name})");
     }
+    for (name, addr) in &app.ops {
+        eprintln!("egret: listening on {addr} ({name})");
+    }
 
-    let signals = wait_for_signals(&bound).await;
-    eprintln!("egret: {signals}; draining (up to {drain:?})");
-    bound.shutdown(drain).await;
+    let mut seen = fingerprint(&watched);
+    let period = if watch_every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        watch_every
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut signals = Signals::new();
+    let why = loop {
+        tokio::select! {
+            sig = signals.next() => match sig {
+                Sig::Stop(why) => break why,
+                Sig::Reopen => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    app.state.load().access_log.reopen();
+                }
+                Sig::Reload => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    reload(&mut app, &loader, &mut watched, &mut seen);
+                }
+            },
+            cmd = app.commands.recv() => match cmd {
+                Some(egret::admin::Command::Quit) => break "POST /quitquitquit",
+                Some(egret::admin::Command::DrainListeners) => {
+                    tracing::info!("POST /drain_listeners: not ready, no longer accepting connections");
+                    app.drain_listeners();
+                }
+                None => {}
+            },
+            _ = tick.tick(), if !watch_every.is_zero() => {
+                if fingerprint(&watched) != seen {
+                    tracing::info!("a configuration or certificate file changed; reloading");
+                    reload(&mut app, &loader, &mut watched, &mut seen);
+                }
+            }
+        }
+    };
+    eprintln!(
+        "egret: {why}; draining (readiness is 503; up to {:?} for requests in flight)",
+        app.drain_duration()
+    );
+    tokio::select! {
+        _ = app.shutdown() => {}
+        _ = signals.next_stop() => {
+            eprintln!("egret: second signal: exiting now");
+            return ExitCode::SUCCESS;
+        }
+    }
     eprintln!("egret: stopped");
     ExitCode::SUCCESS
 }
 
-#[cfg(unix)]
-async fn wait_for_signals(bound: &egret::app::Bound) -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::user_defined1()),
-    ) else {
+/// Reloads; a configuration that fails to load or validate leaves the running one in place.
+fn reload(app: &mut egret::app::App, loader: &Loader, watched: &mut Vec<PathBuf>, seen: &mut u64) {
+    let result = loader.load().and_then(|cfg| {
+        let files = loader.watched(&cfg);
+        app.reload(cfg)
+            .map(|w| (w, files))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok((warnings, files)) => {
+            print_problems(&warnings);
+            *watched = files;
+            tracing::info!("configuration reloaded");
+        }
+        Err(e) => {
+            tracing::error!("reload rejected; the previous configuration keeps serving:\n{e}");
+        }
+    }
+    // Either way, do not retry the same content until it changes again.
+    *seen = fingerprint(watched);
+}
+
+enum Sig {
+    Stop(&'static str),
+    Reopen,
+    Reload,
+}
+
+/// SIGTERM/SIGINT (stop), SIGUSR1 (reopen the access log), SIGHUP (reload).
+struct Signals {
+    #[cfg(unix)]
+    inner: Option<[tokio::signal::unix::Signal; 4]>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let inner = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::user_defined1()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(a), Ok(b), Ok(c), Ok(d)) => Some([a, b, c, d]),
+                _ => None,
+            };
+            Signals { inner }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) -> Sig {
+        #[cfg(unix)]
+        if let Some([term, int, usr1, hup]) = &mut self.inner {
+            return tokio::select! {
+                _ = term.recv() => Sig::Stop("SIGTERM received"),
+                _ = int.recv() => Sig::Stop("SIGINT received"),
+                _ = usr1.recv() => Sig::Reopen,
+                _ = hup.recv() => Sig::Reload,
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
-        return "interrupted";
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return "SIGTERM received",
-            _ = int.recv() => return "SIGINT received",
-            _ = usr1.recv() => {
-                tracing::info!("SIGUSR1: reopening the access log");
-                bound.state.load().access_log.reopen();
+        Sig::Stop("interrupted")
+    }
+
+    async fn next_stop(&mut self) {
+        loop {
+            if let Sig::Stop(_) = self.next().await {
+                return;
             }
         }
     }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signals(_bound: &egret::app::Bound) -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "interrupted"
 }
 
 /// Template parameters, placed: those after a `--config` apply to it alone, the others to all.
@@ -423,12 +655,24 @@ fn print_problems(problems: &[Problem]) {
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str) -> Option<egret::admin::LogLevelHandle> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false)
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .init();
+    Some(std::sync::Arc::new(move |level: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| format!("\"{level}\" is not a log level or filter: {e}"))?;
+        let shown = f.to_string();
+        handle.reload(f).map_err(|e| e.to_string())?;
+        Ok(shown)
+    }))
 }

@@ -20,9 +20,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::admin::Health;
 use crate::body::{BodyProgress, RequestBody};
 use crate::config::{Config, Listener};
 use crate::error::{Flags, ProxyError};
+use crate::metrics::{ClusterStats, ListenerStats, Metrics, RequestReport};
 use crate::route::{
     Decision, Redirect, RequestInfo, RouteAction, RouteMatch, StringMatch, normalize_host,
 };
@@ -36,6 +38,10 @@ pub struct Runtime {
     pub access_log: Arc<AccessLog>,
     /// TLS termination per listener (indexed like `Config::listeners`).
     pub listener_tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Every certificate loaded (for `/certs`).
+    pub certs: Vec<crate::tls::CertInfo>,
 }
 
 /// The downstream connection a request arrived on.
@@ -44,8 +50,8 @@ pub struct ConnCtx {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub id: u64,
-    /// Index of the listener in `Config::listeners`.
-    pub listener: usize,
+    /// The listener's key (`Listener::key`).
+    pub listener: Arc<str>,
     /// SNI the client sent, on a listener that terminates TLS.
     pub sni: Option<Arc<str>>,
 }
@@ -71,18 +77,38 @@ pub async fn handle(
     rec.protocol = Some(req.version());
     rec.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
     rec.requested_server_name = conn.sni.as_deref().map(str::to_string);
-    let mut pending = Pending::new(rec, rt.access_log.clone());
-    let Some(listener) = rt.config.listeners.get(conn.listener) else {
+    let http1 = req.version() < Version::HTTP_2;
+    let Some(listener) = rt
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.key() == conn.listener)
+    else {
+        let mut pending = Pending::new(rec, rt.access_log.clone(), None);
         return pending.reply(
             ProxyError::BadRequest("the listener is gone (configuration reloaded)".into()),
             None,
         );
     };
+    let lstats = rt.metrics.listener(&listener.name);
+    lstats.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
+    lstats.downstream_rq_active.fetch_add(1, Ordering::Relaxed);
+    let mut pending = Pending::new(
+        rec,
+        rt.access_log.clone(),
+        Some(Telemetry::new(&rt.metrics, lstats)),
+    );
     let result = forward(&rt, listener, conn, req, &mut pending).await;
-    match result {
+    let mut resp = match result {
         Ok(resp) => resp,
         Err((err, req_headers)) => pending.reply(err, req_headers.as_ref()),
+    };
+    // Draining: tell HTTP/1 clients not to reuse the connection.
+    if http1 && rt.health.is_draining() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
 }
 
 type Failure = (ProxyError, Option<HeaderMap>);
@@ -173,6 +199,9 @@ async fn forward(
         }
         Decision::BlockAll => {
             pending.rec_mut().route_name = Some(Arc::from("block_all"));
+            if let Some(t) = pending.telemetry() {
+                t.destination.0 = Arc::from("BlackHoleCluster");
+            }
             return Err((
                 ProxyError::BlockAll {
                     host: host.into_owned(),
@@ -249,6 +278,11 @@ async fn forward(
         let rec = pending.rec_mut();
         rec.upstream_cluster = Some(cluster_name);
         rt.access_log.format.capture_request(rec, &headers);
+    }
+    if let Some(t) = pending.telemetry() {
+        t.cluster = Some(pool.stats.clone());
+        t.destination = pool.destination(&dns_host);
+        t.upstream_start = Some(Instant::now());
     }
     let progress = Arc::new(BodyProgress::default());
     let body = RequestBody::new(body, progress.clone());
@@ -422,16 +456,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 struct Pending(Option<Box<Finish>>, Arc<AccessLog>);
 
 impl Pending {
-    fn new(rec: AccessRecord, log: Arc<AccessLog>) -> Pending {
+    fn new(rec: AccessRecord, log: Arc<AccessLog>, telemetry: Option<Telemetry>) -> Pending {
         Pending(
             Some(Box::new(Finish {
                 rec,
                 log: log.clone(),
                 lease: None,
                 progress: None,
+                telemetry,
             })),
             log,
         )
+    }
+
+    fn telemetry(&mut self) -> Option<&mut Telemetry> {
+        self.state().telemetry.as_mut()
     }
 
     /// The state; it is only absent after `take`, which ends its use. Should that invariant ever
@@ -579,12 +618,61 @@ impl Drop for Pending {
     }
 }
 
-/// What is needed to finish a request: the record, the log, and the pooled connection.
+/// What is needed to finish a request: the record, the log, the pooled connection and the
+/// metrics to update.
 struct Finish {
     rec: AccessRecord,
     log: Arc<AccessLog>,
     lease: Option<Lease>,
     progress: Option<Arc<BodyProgress>>,
+    telemetry: Option<Telemetry>,
+}
+
+/// The metrics a request updates when it finishes.
+struct Telemetry {
+    metrics: Arc<Metrics>,
+    listener: Arc<ListenerStats>,
+    cluster: Option<Arc<ClusterStats>>,
+    /// `destination_service` / `destination_service_namespace`.
+    destination: (Arc<str>, Arc<str>),
+    upstream_start: Option<Instant>,
+}
+
+impl Telemetry {
+    fn new(metrics: &Arc<Metrics>, listener: Arc<ListenerStats>) -> Telemetry {
+        Telemetry {
+            metrics: metrics.clone(),
+            listener,
+            cluster: None,
+            destination: (Arc::from("unknown"), Arc::from("unknown")),
+            upstream_start: None,
+        }
+    }
+
+    fn finish(self, rec: &AccessRecord) {
+        self.listener
+            .downstream_rq_active
+            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = &self.cluster {
+            c.record_response(rec.status);
+            if let (Some(start), Some(end)) = (self.upstream_start, rec.end) {
+                c.rq_time.record(end.saturating_duration_since(start));
+            }
+        }
+        self.metrics.record_request(RequestReport {
+            destination_service: &self.destination.0,
+            destination_namespace: &self.destination.1,
+            code: rec.status,
+            flags: rec.flags,
+            duration: rec
+                .end
+                .unwrap_or_else(Instant::now)
+                .saturating_duration_since(rec.start_instant),
+            request_bytes: rec.bytes_received,
+            response_bytes: rec.bytes_sent,
+            tcp: false,
+        });
+    }
 }
 
 enum Outcome {
@@ -604,6 +692,7 @@ impl Finish {
             log,
             lease: None,
             progress: None,
+            telemetry: None,
         }
     }
 
@@ -634,6 +723,9 @@ impl Finish {
                 rec.flags |= Flags::UC;
                 rec.details = Some(format!("upstream_reset_after_response_started{{{why}}}"));
             }
+        }
+        if let Some(t) = self.telemetry.take() {
+            t.finish(&self.rec);
         }
         self.log.log(&self.rec);
     }

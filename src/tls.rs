@@ -64,6 +64,9 @@ pub struct TlsContext {
     client_desc: Option<String>,
     roots: Arc<RootsDesc>,
     pub certs: Vec<CertInfo>,
+    /// A hash of the policy and every byte of material it loaded (reloads reuse pools whose
+    /// material did not change).
+    pub fingerprint: u64,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -137,6 +140,7 @@ impl TlsContexts {
                         client_desc: c.client_desc.clone(),
                         roots: c.roots.clone(),
                         certs: c.certs.clone(),
+                        fingerprint: fingerprint(policy, c.fingerprint),
                     })
                 }
             });
@@ -265,7 +269,9 @@ impl TlsContext {
                 key: None,
                 seen: Arc::new(ConnTls::default()),
             }));
+        let material = material_hash(&policy);
         Some(TlsContext {
+            fingerprint: fingerprint(&policy, material),
             policy,
             base: Arc::new(config),
             client_key,
@@ -479,6 +485,38 @@ impl TlsContext {
     pub fn roots_source(&self) -> &str {
         &self.roots.source
     }
+}
+
+/// Hash of every PEM the policy reads (so a rotated file changes it).
+fn material_hash(policy: &TlsPolicy) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut add = |p: &PemSource| {
+        p.describe().hash(&mut h);
+        if let Ok(b) = p.read() {
+            b.hash(&mut h);
+        }
+    };
+    if let TrustRoots::Pem(p) = &policy.roots {
+        add(p);
+    }
+    if let Some((c, k)) = &policy.client_cert {
+        add(c);
+        add(k);
+    }
+    if let Some(c) = &policy.crl {
+        add(c);
+    }
+    h.finish()
+}
+
+fn fingerprint(policy: &TlsPolicy, material: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{:?}", policy.material_key_debug()).hash(&mut h);
+    policy.sni.hash(&mut h);
+    material.hash(&mut h);
+    h.finish()
 }
 
 fn roots_desc_clone(r: &RootsDesc) -> RootsDesc {

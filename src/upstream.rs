@@ -23,6 +23,7 @@ use crate::config::{Cluster, Endpoints, LbPolicy, Protocol, UpstreamOverrides};
 use crate::connect::{self, Transport};
 use crate::dns::Dns;
 use crate::error::{AttemptError, ConnectFailure, ProxyError};
+use crate::metrics::{ClusterStats, Metrics};
 use crate::tls::TlsContext;
 
 /// At most this many addresses are tried for one request (Envoy's default retry policy allows
@@ -30,22 +31,6 @@ use crate::tls::TlsContext;
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Counters per cluster (exported by the metrics and `/clusters`).
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    pub cx_total: AtomicU64,
-    pub cx_active: AtomicU64,
-    pub cx_connect_fail: AtomicU64,
-    pub cx_connect_timeout: AtomicU64,
-    pub cx_overflow: AtomicU64,
-    pub ssl_handshake: AtomicU64,
-    pub ssl_connection_error: AtomicU64,
-    pub rq_total: AtomicU64,
-    pub rq_active: AtomicU64,
-    /// A pooled connection was found closed when a request wanted it.
-    pub cx_stale: AtomicU64,
-}
 
 /// One upstream connection.
 #[derive(Debug)]
@@ -72,7 +57,7 @@ struct Endpoint {
 pub struct ClusterPool {
     pub cluster: Arc<Cluster>,
     pub tls: Option<Arc<TlsContext>>,
-    pub stats: ClusterStats,
+    pub stats: Arc<ClusterStats>,
     /// host ("" for fixed-host clusters) -> address -> endpoint state.
     endpoints: Mutex<HashMap<Box<str>, HashMap<SocketAddr, Endpoint>>>,
     rr: AtomicUsize,
@@ -95,6 +80,7 @@ impl std::fmt::Debug for ClusterPool {
 pub struct UpstreamCtx {
     pub dns: Arc<Dns>,
     pub overrides: UpstreamOverrides,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A successful exchange: the response head arrived. The lease goes back to the pool when the
@@ -139,7 +125,11 @@ impl Addrs {
 }
 
 impl ClusterPool {
-    pub fn new(cluster: Arc<Cluster>, tls: Option<Arc<TlsContext>>) -> ClusterPool {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        tls: Option<Arc<TlsContext>>,
+        stats: Arc<ClusterStats>,
+    ) -> ClusterPool {
         let server_name = if cluster.host_from_request() {
             None
         } else {
@@ -164,12 +154,53 @@ impl ClusterPool {
             strip_port: tls.is_some() && connect_port_differs,
             cluster,
             tls,
-            stats: ClusterStats::default(),
+            stats,
             endpoints: Mutex::new(HashMap::new()),
             rr: AtomicUsize::new(0),
             server_name,
             alpn,
         }
+    }
+
+    /// (host, address, idle connections, requests in flight) for every address used so far.
+    pub fn snapshot(&self) -> Vec<(String, SocketAddr, usize, u32)> {
+        let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, SocketAddr, usize, u32)> = map
+            .iter()
+            .flat_map(|(h, eps)| {
+                eps.iter()
+                    .map(move |(a, e)| (h.to_string(), *a, e.idle.len(), e.active))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Whether this pool can keep serving `cluster` with `tls` after a reload: same cluster
+    /// definition and the same TLS material.
+    pub fn same_as(&self, cluster: &Cluster, tls: Option<&Arc<TlsContext>>) -> bool {
+        format!("{:?}", self.cluster) == format!("{cluster:?}")
+            && match (&self.tls, tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.fingerprint == b.fingerprint,
+                _ => false,
+            }
+    }
+
+    /// Istio's `destination_service` and `destination_service_namespace` for a request.
+    pub fn destination(&self, host: &str) -> (Arc<str>, Arc<str>) {
+        let service: Arc<str> = if self.cluster.name == "PassthroughCluster" {
+            Arc::from("PassthroughCluster")
+        } else if self.server_name.is_some() || self.cluster.host.contains('*') && host.is_empty() {
+            Arc::from(self.cluster.host.as_str())
+        } else {
+            Arc::from(host)
+        };
+        let ns = service
+            .split_once(".svc.")
+            .and_then(|(h, _)| h.rsplit_once('.').map(|(_, ns)| ns.to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        (service, Arc::from(ns))
     }
 
     /// Whether an explicit service port is dropped from Host (TLS originated to another port).
@@ -439,6 +470,7 @@ impl ClusterPool {
                 }
                 let dynamic = ep.name.is_none();
                 let ips = ctx.dns.resolve(name).await.map_err(|e| {
+                    ctx.metrics.dns_failure(name);
                     let target = format!("{name}:{port}");
                     let reason = format!("{e} (cluster {})", self.cluster.name);
                     let code = e.code();
@@ -470,7 +502,10 @@ impl ClusterPool {
                     }
                     match ctx.dns.resolve(name).await {
                         Ok(ips) => out.extend(ips.iter().map(|ip| SocketAddr::new(*ip, port))),
-                        Err(e) => last_err = Some(e),
+                        Err(e) => {
+                            ctx.metrics.dns_failure(name);
+                            last_err = Some(e);
+                        }
                     }
                 }
                 if out.is_empty() {

@@ -324,7 +324,7 @@ async fn an_empty_access_log_file_in_the_mesh_config_turns_logging_off() {
     };
     let cfg = egret::config::load(&[source], &Overrides::default()).expect("loads");
     assert_eq!(cfg.access_log.path, egret::config::AccessLogPath::Off);
-    let (bound, _) = egret::app::build(cfg, Duration::from_secs(1))
+    let (bound, _) = egret::app::build(cfg, Default::default())
         .await
         .expect("starts");
     assert_eq!(get(bound.listeners[0].1, "app.test", "/").await.status, 200);
@@ -411,13 +411,34 @@ async fn hangup_server() -> (SocketAddr, ServerHandle) {
 async fn uc_when_the_upstream_closes_before_answering() {
     let (addr, _h) = hangup_server().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&plain_yaml(addr.port(), ""), Overrides::default(), dir.path()).await;
+    let e = start_egret(
+        &plain_yaml(addr.port(), ""),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
     let r = get(e.addr, "app.test", "/").await;
-    assert_eq!((r.status.as_u16(), r.header("x-egret-error")), (503, "upstream.connection_termination"), "{r:?}");
-    assert!(r.body.contains("reset reason: connection termination"), "{}", r.body);
-    assert!(r.body.contains("closed the connection before sending response headers on a new connection"), "{}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-egret-error")),
+        (503, "upstream.connection_termination"),
+        "{r:?}"
+    );
+    assert!(
+        r.body.contains("reset reason: connection termination"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("closed the connection before sending response headers on a new connection"),
+        "{}",
+        r.body
+    );
     let l = e.log_entry(1).await;
     assert_eq!((l.code, l.flags.as_str()), (503, "UC"));
-    assert_eq!(l.details, "upstream_reset_before_response_started{connection_termination}");
+    assert_eq!(
+        l.details,
+        "upstream_reset_before_response_started{connection_termination}"
+    );
     assert_eq!(l.upstream_host, addr.to_string());
 }

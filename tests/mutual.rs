@@ -145,7 +145,7 @@ async fn a_key_that_does_not_match_its_certificate_stops_start_up() {
         &Default::default(),
     )
     .expect("valid YAML");
-    let msg = egret::app::build(cfg, std::time::Duration::from_secs(1))
+    let msg = egret::app::build(cfg, Default::default())
         .await
         .err()
         .expect("must refuse to start")

@@ -481,7 +481,7 @@ async fn bad_tls_material_stops_start_up_naming_the_file() {
         &Default::default(),
     )
     .expect("the YAML itself is valid");
-    let err = egret::app::build(cfg, std::time::Duration::from_secs(1))
+    let err = egret::app::build(cfg, Default::default())
         .await
         .err()
         .expect("must refuse");
@@ -504,7 +504,7 @@ async fn bad_tls_material_stops_start_up_naming_the_file() {
         &Default::default(),
     )
     .expect("valid YAML");
-    let msg = egret::app::build(cfg, std::time::Duration::from_secs(1))
+    let msg = egret::app::build(cfg, Default::default())
         .await
         .err()
         .expect("refuse")

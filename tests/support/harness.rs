@@ -34,7 +34,11 @@ pub async fn start_egret(yaml: &str, mut overrides: Overrides, dir: &Path) -> Eg
     };
     let cfg = egret::config::load(&[source], &overrides)
         .unwrap_or_else(|e| panic!("config must load:\n{e}"));
-    let (bound, _warnings) = egret::app::build(cfg, Duration::from_secs(5))
+    let options = egret::app::Options {
+        drain: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let (bound, _warnings) = egret::app::build(cfg, options)
         .await
         .unwrap_or_else(|e| panic!("egret must start: {e}"));
     let addr = bound.listeners[0].1;
@@ -268,12 +272,26 @@ pub struct EgretProcess {
 }
 
 impl EgretProcess {
-    /// Starts `egret` with `args` and waits until it listens.
+    /// Starts `egret` with `args` and waits until it listens. The readiness, stats and admin
+    /// servers go on ephemeral ports (never the fixed defaults) unless `args` set them, and the
+    /// drain grace is 0 unless set.
     pub fn start(args: &[&str]) -> EgretProcess {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
+        let mut all: Vec<&str> = args.to_vec();
+        for (flag, value) in [
+            ("--ready", "127.0.0.1:0"),
+            ("--stats", "127.0.0.1:0"),
+            ("--admin", "127.0.0.1:0"),
+            ("--drain-grace", "0s"),
+        ] {
+            if !args.contains(&flag) {
+                all.push(flag);
+                all.push(value);
+            }
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
-            .args(args)
+            .args(&all)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -300,7 +318,10 @@ impl EgretProcess {
                         && let Some((addr, name)) = rest.split_once(' ')
                         && let Ok(a) = addr.parse()
                     {
-                        let name = name.trim_start_matches("(listener ").trim_end_matches(')');
+                        let name = name
+                            .trim_start_matches("(listener ")
+                            .trim_start_matches('(')
+                            .trim_end_matches(')');
                         let _ = tx.send(Some((name.to_string(), a)));
                         listening = true;
                     } else if listening {

@@ -1,0 +1,603 @@
+//! Metrics with Envoy's and Istio's names and labels, so existing dashboards work, plus what
+//! Envoy lacks (certificate expiry, reloads, DNS failures, dropped log lines).
+//!
+//! The exposition is Prometheus text format 0.0.4, what Envoy's `/stats/prometheus` serves.
+//! prometheus-client was considered and not used: its encoder writes OpenMetrics, which appends
+//! `_total` to every counter and so cannot produce Envoy's `envoy_cluster_upstream_rq{...}`
+//! next to `envoy_cluster_upstream_rq_total`.
+//!
+//! Counters live here, keyed by name, so they survive configuration reloads (a Prometheus
+//! counter must never go backwards). Hot-path updates are relaxed atomics; the per-code and
+//! per-label maps take a short uncontended lock once per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crate::error::Flags;
+
+/// Envoy's default histogram buckets (ms); Istio uses the same for request durations.
+pub const BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// A histogram of milliseconds with Envoy's buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 19],
+    /// Sum in microseconds (exported in ms).
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: std::time::Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        if let Some(i) = BUCKETS_MS.iter().position(|b| ms <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in BUCKETS_MS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Per-cluster counters (`envoy_cluster_*`).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub cx_total: AtomicU64,
+    pub cx_active: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub cx_connect_timeout: AtomicU64,
+    pub cx_overflow: AtomicU64,
+    pub ssl_handshake: AtomicU64,
+    pub ssl_connection_error: AtomicU64,
+    pub rq_total: AtomicU64,
+    pub rq_active: AtomicU64,
+    /// A pooled connection was found closed when a request wanted it.
+    pub cx_stale: AtomicU64,
+    /// Bytes written to / read from upstream connections (TCP proxying).
+    pub cx_tx_bytes: AtomicU64,
+    pub cx_rx_bytes: AtomicU64,
+    /// Response codes from (or for) this cluster.
+    codes: Mutex<BTreeMap<u16, u64>>,
+    pub rq_time: Histogram,
+}
+
+impl ClusterStats {
+    pub fn record_response(&self, code: u16) {
+        if let Ok(mut c) = self.codes.lock() {
+            *c.entry(code).or_default() += 1;
+        }
+    }
+}
+
+/// Per-listener counters.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub downstream_cx_total: AtomicU64,
+    pub downstream_cx_active: AtomicU64,
+    pub downstream_rq_total: AtomicU64,
+    pub downstream_rq_active: AtomicU64,
+}
+
+/// The labels of `istio_requests_total` that vary.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct IstioKey {
+    destination_service: Arc<str>,
+    destination_namespace: Arc<str>,
+    code: u16,
+    flags: Flags,
+    protocol: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct IstioValues {
+    requests: u64,
+    duration: Histogram,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+/// Workload labels for Istio's `source_*` labels.
+#[derive(Clone, Debug, Default)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+}
+
+/// A loaded certificate, for `egret_cert_expiry_seconds` and `/certs`.
+#[derive(Clone, Debug)]
+pub struct CertExpiry {
+    pub role: &'static str,
+    pub source: String,
+    pub subject: String,
+    pub not_after: i64,
+}
+
+/// All metrics of one egret process.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    clusters: RwLock<BTreeMap<String, Arc<ClusterStats>>>,
+    listeners: RwLock<BTreeMap<String, Arc<ListenerStats>>>,
+    istio: Mutex<HashMap<IstioKey, IstioValues>>,
+    pub workload: RwLock<Workload>,
+    pub reload_success: AtomicU64,
+    pub reload_failure: AtomicU64,
+    dns_failures: Mutex<BTreeMap<String, u64>>,
+    pub access_log_dropped: RwLock<Option<Arc<AtomicU64>>>,
+    pub certs: RwLock<Vec<CertExpiry>>,
+    pub insecure_destinations: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            clusters: RwLock::default(),
+            listeners: RwLock::default(),
+            istio: Mutex::default(),
+            workload: RwLock::default(),
+            reload_success: AtomicU64::new(0),
+            reload_failure: AtomicU64::new(0),
+            dns_failures: Mutex::default(),
+            access_log_dropped: RwLock::default(),
+            certs: RwLock::default(),
+            insecure_destinations: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What one finished request contributes to the request metrics.
+pub struct RequestReport<'a> {
+    pub destination_service: &'a Arc<str>,
+    pub destination_namespace: &'a Arc<str>,
+    pub code: u16,
+    pub flags: Flags,
+    pub duration: std::time::Duration,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub tcp: bool,
+}
+
+impl Metrics {
+    /// The stats of a cluster (created on first use; kept across reloads).
+    pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
+        if let Some(s) = self
+            .clusters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return s.clone();
+        }
+        self.clusters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The stats of a listener (keyed like Envoy's `listener_address`, e.g. `0.0.0.0_80`).
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        if let Some(s) = self
+            .listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return s.clone();
+        }
+        self.listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn dns_failure(&self, host: &str) {
+        if let Ok(mut m) = self.dns_failures.lock() {
+            *m.entry(host.to_string()).or_default() += 1;
+        }
+    }
+
+    /// `istio_requests_total` and friends.
+    pub fn record_request(&self, r: RequestReport<'_>) {
+        let key = IstioKey {
+            destination_service: r.destination_service.clone(),
+            destination_namespace: r.destination_namespace.clone(),
+            code: r.code,
+            flags: r.flags,
+            protocol: if r.tcp { "tcp" } else { "http" },
+        };
+        if let Ok(mut m) = self.istio.lock() {
+            let v = m.entry(key).or_default();
+            v.requests += 1;
+            v.duration.record(r.duration);
+            v.request_bytes += r.request_bytes;
+            v.response_bytes += r.response_bytes;
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        // Clusters.
+        let clusters: Vec<(String, Arc<ClusterStats>)> = self
+            .clusters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let counter_family =
+            |out: &mut String, name: &str, kind: &str, f: &dyn Fn(&ClusterStats) -> u64| {
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                for (c, s) in &clusters {
+                    let _ = writeln!(out, "{name}{{cluster_name=\"{}\"}} {}", esc(c), f(s));
+                }
+            };
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_rq_total",
+            "counter",
+            &|s| load(&s.rq_total),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_rq_active",
+            "gauge",
+            &|s| load(&s.rq_active),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_cx_total",
+            "counter",
+            &|s| load(&s.cx_total),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_cx_active",
+            "gauge",
+            &|s| load(&s.cx_active),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_cx_connect_fail",
+            "counter",
+            &|s| load(&s.cx_connect_fail),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_cx_connect_timeout",
+            "counter",
+            &|s| load(&s.cx_connect_timeout),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_cx_overflow",
+            "counter",
+            &|s| load(&s.cx_overflow),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_cx_tx_bytes_total",
+            "counter",
+            &|s| load(&s.cx_tx_bytes),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_cx_rx_bytes_total",
+            "counter",
+            &|s| load(&s.cx_rx_bytes),
+        );
+        counter_family(&mut out, "envoy_cluster_ssl_handshake", "counter", &|s| {
+            load(&s.ssl_handshake)
+        });
+        counter_family(
+            &mut out,
+            "envoy_cluster_ssl_connection_error",
+            "counter",
+            &|s| load(&s.ssl_connection_error),
+        );
+        counter_family(
+            &mut out,
+            "egret_cluster_upstream_cx_stale",
+            "counter",
+            &|s| load(&s.cx_stale),
+        );
+        let _ = writeln!(out, "# TYPE envoy_cluster_upstream_rq counter");
+        for (c, s) in &clusters {
+            let codes = s.codes.lock().map(|m| m.clone()).unwrap_or_default();
+            let mut classes: BTreeMap<u16, u64> = BTreeMap::new();
+            for (code, n) in &codes {
+                *classes.entry(code / 100).or_default() += n;
+                let _ = writeln!(
+                    out,
+                    "envoy_cluster_upstream_rq{{envoy_response_code=\"{code}\",cluster_name=\"{}\"}} {n}",
+                    esc(c)
+                );
+            }
+            for (class, n) in classes {
+                let _ = writeln!(
+                    out,
+                    "envoy_cluster_upstream_rq{{envoy_response_code_class=\"{class}xx\",cluster_name=\"{}\"}} {n}",
+                    esc(c)
+                );
+            }
+        }
+        let _ = writeln!(out, "# TYPE envoy_cluster_upstream_rq_time histogram");
+        for (c, s) in &clusters {
+            s.rq_time.write(
+                &mut out,
+                "envoy_cluster_upstream_rq_time",
+                &format!("cluster_name=\"{}\"", esc(c)),
+            );
+        }
+
+        // Listeners and the HTTP connection managers.
+        let listeners: Vec<(String, Arc<ListenerStats>)> = self
+            .listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, kind, label, f) in [
+            (
+                "envoy_listener_downstream_cx_total",
+                "counter",
+                "listener_address",
+                (|s: &ListenerStats| &s.downstream_cx_total) as fn(&ListenerStats) -> &AtomicU64,
+            ),
+            (
+                "envoy_listener_downstream_cx_active",
+                "gauge",
+                "listener_address",
+                |s: &ListenerStats| &s.downstream_cx_active,
+            ),
+            (
+                "envoy_http_downstream_rq_total",
+                "counter",
+                "http_conn_manager_prefix",
+                |s: &ListenerStats| &s.downstream_rq_total,
+            ),
+            (
+                "envoy_http_downstream_rq_active",
+                "gauge",
+                "http_conn_manager_prefix",
+                |s: &ListenerStats| &s.downstream_rq_active,
+            ),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (l, s) in &listeners {
+                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {}", esc(l), load(f(s)));
+            }
+        }
+
+        // Istio standard metrics (reporter="source": sidecar outbound and gateways).
+        let w = self.workload.read().map(|w| w.clone()).unwrap_or_default();
+        let or_unknown = |s: &str| {
+            if s.is_empty() {
+                "unknown".to_string()
+            } else {
+                esc(s)
+            }
+        };
+        let src = format!(
+            "reporter=\"source\",source_workload=\"{}\",source_workload_namespace=\"{}\",source_principal=\"unknown\",source_app=\"{}\",source_version=\"{}\",source_canonical_service=\"{}\",source_canonical_revision=\"{}\",source_cluster=\"unknown\"",
+            or_unknown(&w.name),
+            or_unknown(&w.namespace),
+            or_unknown(&w.app),
+            or_unknown(&w.version),
+            or_unknown(if w.app.is_empty() { &w.name } else { &w.app }),
+            if w.version.is_empty() {
+                "latest".to_string()
+            } else {
+                esc(&w.version)
+            },
+        );
+        let istio = self.istio.lock().map(|m| {
+            let mut v: Vec<(IstioKey, u64, u64, u64)> = m
+                .iter()
+                .map(|(k, v)| (k.clone(), v.requests, v.request_bytes, v.response_bytes))
+                .collect();
+            v.sort_by(|a, b| {
+                (&*a.0.destination_service, a.0.code).cmp(&(&*b.0.destination_service, b.0.code))
+            });
+            v
+        });
+        let istio = istio.unwrap_or_default();
+        let labels_of = |k: &IstioKey| -> String {
+            let mut flags = String::new();
+            k.flags.write_short(&mut flags);
+            let name = k.destination_service.split('.').next().unwrap_or("");
+            format!(
+                "{src},destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",destination_canonical_service=\"unknown\",destination_canonical_revision=\"latest\",destination_cluster=\"unknown\",request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\",connection_security_policy=\"unknown\"",
+                esc(&k.destination_service),
+                esc(if k.destination_service.contains(".svc.") {
+                    name
+                } else {
+                    &k.destination_service
+                }),
+                esc(&k.destination_namespace),
+                k.protocol,
+                k.code,
+                flags
+            )
+        };
+        let _ = writeln!(out, "# TYPE istio_requests_total counter");
+        for (k, n, _, _) in istio.iter().filter(|e| e.0.protocol == "http") {
+            let _ = writeln!(out, "istio_requests_total{{{}}} {n}", labels_of(k));
+        }
+        let _ = writeln!(out, "# TYPE istio_request_duration_milliseconds histogram");
+        if let Ok(m) = self.istio.lock() {
+            for (k, _, _, _) in istio.iter().filter(|e| e.0.protocol == "http") {
+                if let Some(v) = m.get(k) {
+                    v.duration.write(
+                        &mut out,
+                        "istio_request_duration_milliseconds",
+                        &labels_of(k),
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "# TYPE istio_tcp_connections_opened_total counter");
+        for (k, n, _, _) in istio.iter().filter(|e| e.0.protocol == "tcp") {
+            let _ = writeln!(
+                out,
+                "istio_tcp_connections_opened_total{{{}}} {n}",
+                labels_of(k)
+            );
+        }
+        let _ = writeln!(out, "# TYPE istio_tcp_connections_closed_total counter");
+        for (k, n, _, _) in istio.iter().filter(|e| e.0.protocol == "tcp") {
+            let _ = writeln!(
+                out,
+                "istio_tcp_connections_closed_total{{{}}} {n}",
+                labels_of(k)
+            );
+        }
+        let _ = writeln!(out, "# TYPE istio_tcp_received_bytes_total counter");
+        for (k, _, rx, _) in istio.iter().filter(|e| e.0.protocol == "tcp") {
+            let _ = writeln!(
+                out,
+                "istio_tcp_received_bytes_total{{{}}} {rx}",
+                labels_of(k)
+            );
+        }
+        let _ = writeln!(out, "# TYPE istio_tcp_sent_bytes_total counter");
+        for (k, _, _, tx) in istio.iter().filter(|e| e.0.protocol == "tcp") {
+            let _ = writeln!(out, "istio_tcp_sent_bytes_total{{{}}} {tx}", labels_of(k));
+        }
+
+        // What Envoy lacks.
+        let now = chrono::Utc::now().timestamp();
+        let _ = writeln!(
+            out,
+            "# HELP egret_cert_expiry_seconds Seconds until a loaded certificate expires (negative: expired)."
+        );
+        let _ = writeln!(out, "# TYPE egret_cert_expiry_seconds gauge");
+        for c in self.certs.read().map(|c| c.clone()).unwrap_or_default() {
+            let _ = writeln!(
+                out,
+                "egret_cert_expiry_seconds{{role=\"{}\",source=\"{}\",subject=\"{}\"}} {}",
+                c.role,
+                esc(&c.source),
+                esc(&c.subject),
+                c.not_after - now
+            );
+        }
+        let _ = writeln!(out, "# TYPE egret_config_reload_total counter");
+        let _ = writeln!(
+            out,
+            "egret_config_reload_total{{result=\"success\"}} {}",
+            load(&self.reload_success)
+        );
+        let _ = writeln!(
+            out,
+            "egret_config_reload_total{{result=\"failure\"}} {}",
+            load(&self.reload_failure)
+        );
+        let _ = writeln!(out, "# TYPE egret_dns_resolution_failures_total counter");
+        for (h, n) in self
+            .dns_failures
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            let _ = writeln!(
+                out,
+                "egret_dns_resolution_failures_total{{host=\"{}\"}} {n}",
+                esc(&h)
+            );
+        }
+        let dropped = self
+            .access_log_dropped
+            .read()
+            .ok()
+            .and_then(|d| d.as_ref().map(|a| load(a)))
+            .unwrap_or(0);
+        let _ = writeln!(out, "# TYPE egret_access_log_dropped_total counter");
+        let _ = writeln!(out, "egret_access_log_dropped_total {dropped}");
+        let _ = writeln!(out, "# TYPE egret_insecure_destinations gauge");
+        let _ = writeln!(
+            out,
+            "egret_insecure_destinations {}",
+            load(&self.insecure_destinations)
+        );
+        let _ = writeln!(out, "# TYPE envoy_server_uptime gauge");
+        let _ = writeln!(
+            out,
+            "envoy_server_uptime {}",
+            self.started.elapsed().as_secs()
+        );
+        out
+    }
+}
+
+/// Escapes a label value.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.record(std::time::Duration::from_micros(300));
+        h.record(std::time::Duration::from_millis(7));
+        h.record(std::time::Duration::from_secs(7200));
+        let mut out = String::new();
+        h.write(&mut out, "x", "a=\"b\"");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.5\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"10\"} 2\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{a=\"b\",le=\"3600000\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
