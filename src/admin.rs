@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -104,7 +104,8 @@ pub type LogLevelHandle = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sy
 
 /// What the operational servers see.
 pub struct Ops {
-    pub state: Arc<ArcSwap<Runtime>>,
+    /// Empty until the runtime is built.
+    pub state: Arc<ArcSwapOption<Runtime>>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub commands: mpsc::UnboundedSender<Command>,
@@ -232,7 +233,13 @@ fn admin(ops: &Ops, req: Request<Incoming>, path: &str) -> Response<Full<Bytes>>
             format!("{what} changes egret's state: use POST (curl -X POST ...)\n"),
         )
     };
-    let rt = ops.state.load();
+    let rt = ops.state.load_full();
+    let starting = || {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "egret is starting: the configuration is not loaded yet\n",
+        )
+    };
     match path {
         "/" | "/help" => text(
             StatusCode::OK,
@@ -256,12 +263,21 @@ fn admin(ops: &Ops, req: Request<Incoming>, path: &str) -> Response<Full<Bytes>>
             }
             text(StatusCode::OK, out)
         }
-        "/clusters" => clusters(
-            &rt,
-            query(&req).get("format").map(String::as_str) == Some("json"),
-        ),
-        "/config_dump" => json(config_dump(&rt)),
-        "/certs" => json(certs(&rt)),
+        "/clusters" => match rt {
+            Some(rt) => clusters(
+                &rt,
+                query(&req).get("format").map(String::as_str) == Some("json"),
+            ),
+            None => starting(),
+        },
+        "/config_dump" => match rt {
+            Some(rt) => json(config_dump(&rt)),
+            None => starting(),
+        },
+        "/certs" => match rt {
+            Some(rt) => json(certs(&rt)),
+            None => starting(),
+        },
         "/logging" => {
             if req.method() != Method::POST {
                 return post_only("/logging");
@@ -270,8 +286,22 @@ fn admin(ops: &Ops, req: Request<Incoming>, path: &str) -> Response<Full<Bytes>>
             let Some(level) = q.get("level") else {
                 return text(
                     StatusCode::BAD_REQUEST,
-                    "usage: POST /logging?level=trace|debug|info|warn|error\n",
+                    "usage: POST /logging?level=trace|debug|info|warning|error|critical|off\n",
                 );
+            };
+            // Envoy's level names (all loggers at once).
+            let level = match level.as_str() {
+                "trace" | "debug" | "info" | "error" | "off" => level.as_str(),
+                "warning" | "warn" => "warn",
+                "critical" => "error",
+                other => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "unknown level \"{other}\"; use trace, debug, info, warning, error, critical or off\n"
+                        ),
+                    );
+                }
             };
             match &ops.log_level {
                 Some(set) => match set(level) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -44,6 +44,12 @@ pub struct OpsAddrs {
     pub admin: Option<SocketAddr>,
 }
 
+/// Called with (server name, bound address).
+pub type Announce = Arc<dyn Fn(&str, SocketAddr) + Send + Sync>;
+
+/// A bound listener socket waiting for its accept loop: (key, name, bound address, socket).
+type Prepared = (Arc<str>, String, SocketAddr, tokio::net::TcpListener);
+
 /// How the process runs.
 #[derive(Clone)]
 pub struct Options {
@@ -54,6 +60,9 @@ pub struct Options {
     pub ops: OpsAddrs,
     pub log_level: Option<LogLevelHandle>,
     pub workload: Workload,
+    /// Called with (server name, address) as soon as each operational server is bound, before
+    /// the configuration's TLS material is loaded (so readiness can be watched from the start).
+    pub announce: Option<Announce>,
 }
 
 impl Default for Options {
@@ -64,6 +73,7 @@ impl Default for Options {
             ops: OpsAddrs::default(),
             log_level: None,
             workload: Workload::default(),
+            announce: None,
         }
     }
 }
@@ -202,6 +212,8 @@ pub struct App {
     /// (server name, bound address) of the operational servers.
     pub ops: Vec<(String, SocketAddr)>,
     pub state: Arc<ArcSwap<Runtime>>,
+    /// The same runtime, for the operational servers (empty until built).
+    ops_state: Arc<ArcSwapOption<Runtime>>,
     pub shared: Arc<Shared>,
     /// Requests from the admin API (`/quitquitquit`, `/drain_listeners`).
     pub commands: mpsc::UnboundedReceiver<Command>,
@@ -237,15 +249,11 @@ pub async fn build(config: Config, options: Options) -> Result<(App, Vec<Problem
             ops_sockets.push((which, sock));
         }
     }
-    shared
-        .health
-        .set_pending(vec!["loading TLS material and binding listeners".into()]);
-    let mut warnings = config.warnings.clone();
-    let rt = runtime(config, &shared, None, &mut warnings)?;
-    let state = Arc::new(ArcSwap::from_pointee(rt));
+    // The operational servers run before the runtime exists (readiness says what is pending).
+    let ops_state: Arc<ArcSwapOption<Runtime>> = Arc::new(ArcSwapOption::empty());
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let ops = Arc::new(Ops {
-        state: state.clone(),
+        state: ops_state.clone(),
         metrics: shared.metrics.clone(),
         health: shared.health.clone(),
         commands: cmd_tx,
@@ -257,6 +265,9 @@ pub async fn build(config: Config, options: Options) -> Result<(App, Vec<Problem
     for (which, sock) in ops_sockets {
         if let Ok(a) = sock.local_addr() {
             ops_bound.push((which.name().to_string(), a));
+            if let Some(f) = &options.announce {
+                f(which.name(), a);
+            }
         }
         ops_tasks.push(tokio::spawn(admin::serve(
             sock,
@@ -265,9 +276,17 @@ pub async fn build(config: Config, options: Options) -> Result<(App, Vec<Problem
             ops_rx.clone(),
         )));
     }
+    shared
+        .health
+        .set_pending(vec!["loading TLS material and binding listeners".into()]);
+    let mut warnings = config.warnings.clone();
+    let rt = Arc::new(runtime(config, &shared, None, &mut warnings)?);
+    ops_state.store(Some(rt.clone()));
+    let state = Arc::new(ArcSwap::new(rt));
     let mut app = App {
         listeners: Vec::new(),
         ops: ops_bound,
+        ops_state,
         state,
         shared,
         commands: cmd_rx,
@@ -298,10 +317,7 @@ impl App {
     }
 
     /// Binds the config's listeners that are not running yet (nothing changes on failure).
-    fn prepare(
-        &self,
-        config: &Config,
-    ) -> Result<Vec<(Arc<str>, String, SocketAddr, tokio::net::TcpListener)>, StartError> {
+    fn prepare(&self, config: &Config) -> Result<Vec<Prepared>, StartError> {
         let mut socks = Vec::new();
         for l in &config.listeners {
             if self.running.iter().any(|r| r.key == l.key()) {
@@ -325,11 +341,7 @@ impl App {
 
     /// Starts accept loops on the prepared sockets and stops the listeners the config no
     /// longer has.
-    fn start(
-        &mut self,
-        config: &Config,
-        socks: Vec<(Arc<str>, String, SocketAddr, tokio::net::TcpListener)>,
-    ) {
+    fn start(&mut self, config: &Config, socks: Vec<Prepared>) {
         for (key, name, bound, sock) in socks {
             let (stop, rx) = watch::channel(false);
             let task = tokio::spawn(listener::serve_http(
@@ -390,7 +402,9 @@ impl App {
         let rt = runtime(config, &self.shared, Some(&previous), &mut warnings)?;
         let new_config = rt.config.clone();
         let socks = self.prepare(&new_config)?;
-        self.state.store(Arc::new(rt));
+        let rt = Arc::new(rt);
+        self.ops_state.store(Some(rt.clone()));
+        self.state.store(rt);
         self.start(&new_config, socks);
         Ok(warnings)
     }

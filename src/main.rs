@@ -355,6 +355,9 @@ fn app_options(
             admin: parse_ops_addr("--admin", &args.admin)?,
         },
         log_level,
+        announce: Some(std::sync::Arc::new(|name: &str, addr: SocketAddr| {
+            eprintln!("egret: listening on {addr} ({name})");
+        })),
         workload: egret::metrics::Workload {
             name: app.clone(),
             namespace: overrides.istio.namespace.clone(),
@@ -387,9 +390,6 @@ async fn run(
     tracing::debug!("effective routes:\n{describe}");
     for (name, addr) in &app.listeners {
         eprintln!("egret: listening on {addr} (listener {name})");
-    }
-    for (name, addr) in &app.ops {
-        eprintln!("egret: listening on {addr} ({name})");
     }
 
     let mut seen = fingerprint(&watched);

@@ -40,6 +40,41 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Reads each PEM source once per build and hashes what it read (the fingerprint that tells a
+/// reload whether TLS material changed). Reading twice would race with a rotation and block on
+/// a FIFO.
+#[derive(Default)]
+pub struct PemReader {
+    seen: HashMap<String, Arc<Vec<u8>>>,
+    order: Vec<String>,
+}
+
+impl PemReader {
+    pub fn read(&mut self, src: &PemSource) -> io::Result<Arc<Vec<u8>>> {
+        let key = src.describe();
+        if let Some(b) = self.seen.get(&key) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(src.read()?);
+        self.seen.insert(key.clone(), b.clone());
+        self.order.push(key);
+        Ok(b)
+    }
+
+    /// A hash of everything read, in order.
+    pub fn hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for k in &self.order {
+            k.hash(&mut h);
+            if let Some(b) = self.seen.get(k) {
+                b.hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+}
+
 /// Facts about one loaded certificate (for `/certs`, expiry metrics and messages).
 #[derive(Clone, Debug)]
 pub struct CertInfo {
@@ -175,7 +210,8 @@ impl TlsContext {
     ) -> Option<TlsContext> {
         let origin = origin_of(&policy);
         let mut certs = Vec::new();
-        let (roots, roots_desc) = load_roots(&policy, &origin, problems, &mut certs)?;
+        let mut reader = PemReader::default();
+        let (roots, roots_desc) = load_roots(&policy, &origin, problems, &mut certs, &mut reader)?;
         let roots = Arc::new(roots);
 
         let verifier: Arc<dyn ServerCertVerifier> = if policy.insecure_skip_verify {
@@ -186,7 +222,7 @@ impl TlsContext {
             let mut builder =
                 WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone());
             if let Some(crl) = &policy.crl {
-                let bytes = crl.read();
+                let bytes = reader.read(crl);
                 let parsed = bytes.map_err(|e| e.to_string()).and_then(|b| {
                     CertificateRevocationListDer::pem_slice_iter(&b)
                         .collect::<Result<Vec<_>, _>>()
@@ -243,7 +279,15 @@ impl TlsContext {
 
         let (client_key, client_desc) = match (&policy.mode, &policy.client_cert) {
             (TlsMode::Mutual, Some((cert, key))) => {
-                let ck = load_client_cert(cert, key, provider, &origin, problems, &mut certs)?;
+                let ck = load_client_cert(
+                    cert,
+                    key,
+                    provider,
+                    &origin,
+                    problems,
+                    &mut certs,
+                    &mut reader,
+                )?;
                 let desc = certs
                     .iter()
                     .find(|c| c.role == "client")
@@ -269,7 +313,7 @@ impl TlsContext {
                 key: None,
                 seen: Arc::new(ConnTls::default()),
             }));
-        let material = material_hash(&policy);
+        let material = reader.hash();
         Some(TlsContext {
             fingerprint: fingerprint(&policy, material),
             policy,
@@ -487,29 +531,6 @@ impl TlsContext {
     }
 }
 
-/// Hash of every PEM the policy reads (so a rotated file changes it).
-fn material_hash(policy: &TlsPolicy) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut add = |p: &PemSource| {
-        p.describe().hash(&mut h);
-        if let Ok(b) = p.read() {
-            b.hash(&mut h);
-        }
-    };
-    if let TrustRoots::Pem(p) = &policy.roots {
-        add(p);
-    }
-    if let Some((c, k)) = &policy.client_cert {
-        add(c);
-        add(k);
-    }
-    if let Some(c) = &policy.crl {
-        add(c);
-    }
-    h.finish()
-}
-
 fn fingerprint(policy: &TlsPolicy, material: u64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -532,6 +553,7 @@ fn load_roots(
     origin: &Origin,
     problems: &mut Problems,
     certs: &mut Vec<CertInfo>,
+    reader: &mut PemReader,
 ) -> Option<(RootCertStore, RootsDesc)> {
     let mut store = RootCertStore::empty();
     match &policy.roots {
@@ -576,7 +598,7 @@ fn load_roots(
             ))
         }
         TrustRoots::Pem(path) => {
-            let ders = read_certs(path, "caCertificates", origin, problems)?;
+            let ders = read_certs(path, "caCertificates", origin, problems, reader)?;
             let mut subjects = Vec::new();
             let now = chrono::Utc::now().timestamp();
             for der in &ders {
@@ -656,8 +678,9 @@ fn read_certs(
     field: &str,
     origin: &Origin,
     problems: &mut Problems,
+    reader: &mut PemReader,
 ) -> Option<Vec<CertificateDer<'static>>> {
-    let bytes = match source.read() {
+    let bytes = match reader.read(source) {
         Ok(b) => b,
         Err(e) => {
             problems.error(
@@ -707,9 +730,10 @@ fn load_client_cert(
     origin: &Origin,
     problems: &mut Problems,
     certs: &mut Vec<CertInfo>,
+    reader: &mut PemReader,
 ) -> Option<CertifiedKey> {
-    let chain = read_certs(cert_path, "clientCertificate", origin, problems)?;
-    let key = load_key(key_path, origin, problems)?;
+    let chain = read_certs(cert_path, "clientCertificate", origin, problems, reader)?;
+    let key = load_key(key_path, origin, problems, reader)?;
     if let Ok((_, c)) = X509Certificate::from_der(&chain[0]) {
         let info = cert_info("client", cert_path, &c);
         let now = chrono::Utc::now().timestamp();
@@ -775,8 +799,9 @@ pub fn load_key(
     source: &PemSource,
     origin: &Origin,
     problems: &mut Problems,
+    reader: &mut PemReader,
 ) -> Option<PrivateKeyDer<'static>> {
-    let bytes = match source.read() {
+    let bytes = match reader.read(source) {
         Ok(b) => b,
         Err(e) => {
             problems.error(
@@ -813,8 +838,15 @@ pub fn server_config(
     certs: &mut Vec<CertInfo>,
 ) -> Option<Arc<rustls::ServerConfig>> {
     let origin = Origin::file(policy.origin.clone());
-    let chain = read_certs(&policy.cert, "serverCertificate", &origin, problems)?;
-    let key = load_key(&policy.key, &origin, problems)?;
+    let mut reader = PemReader::default();
+    let chain = read_certs(
+        &policy.cert,
+        "serverCertificate",
+        &origin,
+        problems,
+        &mut reader,
+    )?;
+    let key = load_key(&policy.key, &origin, problems, &mut reader)?;
     if let Ok((_, c)) = X509Certificate::from_der(&chain[0]) {
         certs.push(cert_info("server", &policy.cert, &c));
     }
@@ -830,7 +862,7 @@ pub fn server_config(
     let builder = match &policy.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let ders = read_certs(ca, "caCertificates", &origin, problems)?;
+            let ders = read_certs(ca, "caCertificates", &origin, problems, &mut reader)?;
             let mut roots = RootCertStore::empty();
             let (added, _) = roots.add_parsable_certificates(ders);
             if added == 0 {

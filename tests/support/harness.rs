@@ -272,10 +272,37 @@ pub struct EgretProcess {
 }
 
 impl EgretProcess {
+    /// Starts `egret` and returns as soon as its readiness server is announced, before the
+    /// configuration is loaded (`addr` is then the readiness address).
+    pub fn start_early(args: &[&str]) -> EgretProcess {
+        Self::spawn(args, false)
+    }
+
+    /// Waits (up to 30 s) until egret announces a listener whose name ends with `suffix`.
+    pub fn wait_listener(&self, suffix: &str) -> SocketAddr {
+        for _ in 0..1500 {
+            for l in self.stderr() {
+                if let Some(rest) = l.strip_prefix("egret: listening on ")
+                    && let Some((addr, name)) = rest.split_once(' ')
+                    && name.trim_end_matches(')').ends_with(suffix)
+                    && let Ok(a) = addr.parse()
+                {
+                    return a;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no listener *{suffix}: {:#?}", self.stderr());
+    }
+
     /// Starts `egret` with `args` and waits until it listens. The readiness, stats and admin
     /// servers go on ephemeral ports (never the fixed defaults) unless `args` set them, and the
     /// drain grace is 0 unless set.
     pub fn start(args: &[&str]) -> EgretProcess {
+        Self::spawn(args, true)
+    }
+
+    fn spawn(args: &[&str], wait_for_proxy: bool) -> EgretProcess {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut all: Vec<&str> = args.to_vec();
@@ -334,20 +361,42 @@ impl EgretProcess {
                 let _ = tx.send(None);
             });
         }
-        let mut listeners = Vec::new();
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(first)) => listeners.push(first),
-            _ => {
-                let _ = child.kill();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!("egret did not start: {:#?}", stderr.lock().expect("lock"));
+        // Operational servers are announced first, proxy listeners when egret is up.
+        const OPS: [&str; 3] = ["readiness", "stats", "admin"];
+        let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let have_proxy = if wait_for_proxy {
+                listeners.iter().any(|(n, _)| !OPS.contains(&n.as_str()))
+            } else {
+                listeners.iter().any(|(n, _)| n == "readiness")
+            };
+            if have_proxy && !wait_for_proxy {
+                break;
+            }
+            let wait = if have_proxy {
+                Duration::from_millis(300)
+            } else {
+                deadline.saturating_duration_since(std::time::Instant::now())
+            };
+            match rx.recv_timeout(wait) {
+                Ok(Some(l)) => listeners.push(l),
+                Ok(None) if have_proxy => break,
+                Ok(None) => continue,
+                Err(_) if have_proxy => break,
+                Err(_) => {
+                    let _ = child.kill();
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!("egret did not start: {:#?}", stderr.lock().expect("lock"));
+                }
             }
         }
-        // The other listening lines follow at once.
-        while let Ok(Some(l)) = rx.recv_timeout(Duration::from_millis(300)) {
-            listeners.push(l);
-        }
-        let addr = listeners[0].1;
+        let addr = listeners
+            .iter()
+            .find(|(n, _)| !OPS.contains(&n.as_str()))
+            .or_else(|| listeners.first())
+            .map(|(_, a)| *a)
+            .expect("a listener");
         EgretProcess {
             child,
             addr,
@@ -364,6 +413,26 @@ impl EgretProcess {
             .find(|(n, _)| n.ends_with(suffix))
             .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("no listener named *{suffix} in {:?}", self.listeners))
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, `USR1`, ...).
+    pub fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} failed");
+    }
+
+    /// Waits (up to `secs`) for the process to exit.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        for _ in 0..secs * 50 {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn pid(&self) -> u32 {

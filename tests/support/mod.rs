@@ -15,7 +15,9 @@ pub use dns::TestDns;
 #[allow(unused_imports)]
 pub use pki::{Leaf, Pki};
 #[allow(unused_imports)]
-pub use upstream::{Upstream, UpstreamOptions, start_plain, start_tls, start_tls_at};
+pub use upstream::{
+    Rotator, Upstream, UpstreamOptions, start_plain, start_tls, start_tls_at, start_tls_rotatable,
+};
 
 pub mod harness;
 #[allow(unused_imports)]

@@ -136,9 +136,12 @@ pub async fn start_tls(opts: UpstreamOptions) -> Upstream {
     start_tls_at(opts, "127.0.0.1:0".parse().expect("loopback address")).await
 }
 
-/// Starts the HTTPS origin on a given address (e.g. `127.0.0.2:{port}` to put a second origin
-/// on the same port under another loopback IP).
-pub async fn start_tls_at(opts: UpstreamOptions, bind: SocketAddr) -> Upstream {
+/// The rustls server config of an origin; `extra_client_cas` are trusted for client
+/// certificates besides `client_ca` (an overlap during a client CA rotation).
+fn server_config(
+    opts: UpstreamOptions,
+    extra_client_cas: &[CertificateDer<'static>],
+) -> rustls::ServerConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::ALL_VERSIONS)
@@ -150,6 +153,9 @@ pub async fn start_tls_at(opts: UpstreamOptions, bind: SocketAddr) -> Upstream {
             roots
                 .add(ca)
                 .expect("add client_ca to the upstream's client RootCertStore");
+            for extra in extra_client_cas {
+                roots.add(extra.clone()).expect("add an extra client CA");
+            }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .expect("build the upstream's WebPkiClientVerifier");
@@ -160,14 +166,51 @@ pub async fn start_tls_at(opts: UpstreamOptions, bind: SocketAddr) -> Upstream {
         .with_single_cert(opts.chain, opts.key)
         .expect("upstream certificate chain and key are usable by rustls");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    config
+}
 
+/// Swaps the certificate (and client CAs) an origin uses for new connections.
+#[derive(Clone)]
+pub struct Rotator(Arc<std::sync::Mutex<TlsAcceptor>>);
+
+impl Rotator {
+    /// New connections get this certificate and client CAs.
+    pub fn set(&self, opts: UpstreamOptions, extra_client_cas: &[CertificateDer<'static>]) {
+        *self.0.lock().expect("lock") =
+            TlsAcceptor::from(Arc::new(server_config(opts, extra_client_cas)));
+    }
+}
+
+/// An origin whose TLS material can be rotated while it runs.
+pub async fn start_tls_rotatable(
+    opts: UpstreamOptions,
+    extra_client_cas: &[CertificateDer<'static>],
+) -> (Upstream, Rotator) {
+    let name = opts.name.clone();
+    let rotator = Rotator(Arc::new(std::sync::Mutex::new(TlsAcceptor::from(
+        Arc::new(server_config(opts, extra_client_cas)),
+    ))));
+    let up = start_tls_inner(name, "127.0.0.1:0".parse().expect("addr"), rotator.clone()).await;
+    (up, rotator)
+}
+
+/// Starts the HTTPS origin on a given address (e.g. `127.0.0.2:{port}` to put a second origin
+/// on the same port under another loopback IP).
+pub async fn start_tls_at(opts: UpstreamOptions, bind: SocketAddr) -> Upstream {
+    let name = opts.name.clone();
+    let rotator = Rotator(Arc::new(std::sync::Mutex::new(TlsAcceptor::from(
+        Arc::new(server_config(opts, &[])),
+    ))));
+    start_tls_inner(name, bind, rotator).await
+}
+
+async fn start_tls_inner(name_s: String, bind: SocketAddr, rotator: Rotator) -> Upstream {
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .unwrap_or_else(|e| panic!("bind the upstream on {bind}: {e}"));
     let addr = listener.local_addr().expect("upstream local_addr");
     let counters = Counters::default();
-    let name: Arc<str> = Arc::from(opts.name.as_str());
+    let name: Arc<str> = Arc::from(name_s.as_str());
 
     let task = {
         let counters = counters.clone();
@@ -181,7 +224,7 @@ pub async fn start_tls_at(opts: UpstreamOptions, bind: SocketAddr) -> Upstream {
                 };
                 let _ = tcp.set_nodelay(true);
                 let id = counters.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                let acceptor = acceptor.clone();
+                let acceptor = rotator.0.lock().expect("lock").clone();
                 let counters = counters.clone();
                 let name = name.clone();
                 conns.spawn(async move {
@@ -223,7 +266,7 @@ pub async fn start_tls_at(opts: UpstreamOptions, bind: SocketAddr) -> Upstream {
         failed_handshakes: counters.failed_handshakes,
         connections: counters.connections,
         requests: counters.requests,
-        name: opts.name,
+        name: name_s,
         _handle: ServerHandle::new(task),
     }
 }
