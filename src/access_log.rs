@@ -798,12 +798,8 @@ impl LogFormat {
                 out,
                 (rec.http && rec.upstream_host.is_some()).then_some("HTTP/1.1"),
             ),
-            Op::ResponseCode => {
-                if !rec.http {
-                    return false;
-                }
-                num(out, Some(u128::from(rec.status)))
-            }
+            // Envoy prints 0 for TCP connections, which have no status.
+            Op::ResponseCode => num(out, Some(u128::from(rec.status))),
             Op::ResponseFlags => {
                 rec.flags.write_short(out);
                 true

@@ -395,6 +395,39 @@ fn pem(p: &PemSource) -> serde_json::Value {
     serde_json::Value::String(p.describe())
 }
 
+/// A TCP or TLS-passthrough listener's routing, for `/config_dump`.
+fn l4_json(l4: &crate::route::L4Routes, c: &crate::config::Config) -> serde_json::Value {
+    use crate::route::{L4Fallback, L4Routes, RouteAction};
+    let name = |id: usize| c.clusters.get(id).map(|cl| cl.name.clone());
+    match l4 {
+        L4Routes::Tcp { clusters, .. } => serde_json::json!({
+            "kind": "tcp_proxy",
+            "clusters": clusters.clusters.iter().map(|x| serde_json::json!({
+                "cluster": name(x.cluster), "weight": x.weight,
+            })).collect::<Vec<_>>(),
+        }),
+        L4Routes::Sni {
+            port,
+            hosts,
+            fallback,
+        } => serde_json::json!({
+            "kind": "tls_passthrough",
+            "port": port,
+            "sni": hosts.hosts.iter().map(|v| serde_json::json!({
+                "serverName": v.domain,
+                "clusters": v.routes.first().map(|r| match &r.action {
+                    RouteAction::Forward(w) => w.clusters.iter().map(|x| name(x.cluster)).collect(),
+                    _ => Vec::new(),
+                }),
+            })).collect::<Vec<_>>(),
+            "otherServerNames": match fallback {
+                L4Fallback::Refuse => "refuse",
+                L4Fallback::AllowAny(_) => "allow_any",
+            },
+        }),
+    }
+}
+
 /// The effective configuration as JSON. Private keys are never included: only where they are.
 pub fn config_dump(rt: &Runtime) -> serde_json::Value {
     let c = &rt.config;
@@ -436,6 +469,7 @@ pub fn config_dump(rt: &Runtime) -> serde_json::Value {
                 "lb": format!("{:?}", cl.lb),
                 "connectTimeout": format!("{:?}", cl.connect_timeout),
                 "idleTimeout": format!("{:?}", cl.idle_timeout),
+                "tcpIdleTimeout": format!("{:?}", cl.tcp_idle_timeout),
                 "maxConnections": cl.max_connections,
                 "maxRequestsPerConnection": cl.max_requests_per_connection,
                 "source": cl.origin,
@@ -480,6 +514,7 @@ pub fn config_dump(rt: &Runtime) -> serde_json::Value {
                     "caCertificates": t.client_ca.as_ref().map(pem),
                 })),
                 "routes": routes,
+                "tcp": l.l4.as_deref().map(|l4| l4_json(l4, c)),
             })
         })
         .collect();

@@ -35,6 +35,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// outlives most servers' keep-alive (nginx 75 s, AWS ALB 60 s) and produces the classic
 /// "503 UC on a stale connection"; 45 s stays under the common server values.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a proxied TCP connection may stay silent in both directions (Envoy's TCP proxy
+/// default, DestinationRule `connectionPool.tcp.idleTimeout`).
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Where sidecar TCP listeners bind when `--tcp-listen-address` is not given.
+pub const DEFAULT_TCP_LISTEN_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// The embedded default configuration (`egret` with no `--config`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.yaml");
@@ -64,6 +69,8 @@ pub struct Listener {
     pub use_remote_address: bool,
     /// TLS termination (Gateway servers with `tls` SIMPLE or MUTUAL).
     pub tls: Option<Arc<ServerTlsPolicy>>,
+    /// `Some`: a TCP or TLS-passthrough listener (`routes` is then unused).
+    pub l4: Option<Arc<crate::route::L4Routes>>,
 }
 
 impl Listener {
@@ -183,6 +190,19 @@ impl Protocol {
     }
 
     /// Ports whose traffic egret's HTTP listeners route.
+    /// TLS the client originates (HTTPS, TLS): served by passthrough (SNI) and CONNECT.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
+    }
+
+    /// Opaque TCP (TCP and the database protocols egret does not parse).
+    pub fn is_opaque_tcp(self) -> bool {
+        matches!(
+            self,
+            Protocol::Tcp | Protocol::Mongo | Protocol::Redis | Protocol::Mysql
+        )
+    }
+
     pub fn is_http(self) -> bool {
         matches!(
             self,
@@ -228,6 +248,8 @@ pub struct Cluster {
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// TCP proxying: a connection silent this long in both directions is closed (`UT`).
+    pub tcp_idle_timeout: Duration,
     /// 0 = unlimited.
     pub max_requests_per_connection: u32,
     /// Circuit breaker: most upstream connections at once (`None` = unlimited).
@@ -564,6 +586,8 @@ pub struct Overrides {
     pub ca_bundle: Option<PathBuf>,
     /// `--mount FROM=TO`: files under FROM (e.g. a pod's /etc/istio/egress-certs) are read from TO.
     pub mounts: Vec<(PathBuf, PathBuf)>,
+    /// `--tcp-listen-address`: where sidecar TCP listeners bind (default 127.0.0.1).
+    pub tcp_listen_address: Option<IpAddr>,
     pub istio: istio::IstioOptions,
 }
 
@@ -811,11 +835,170 @@ pub struct ListenerDecl {
     pub address: SocketAddr,
     /// `Some(port)`: route as that port whatever the Host says (a per-port listener).
     pub port: Option<u16>,
+    pub kind: ListenerKind,
     pub origin: Origin,
+}
+
+/// What a declared listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Http,
+    /// Opaque TCP to the one TCP destination of the port.
+    Tcp,
+    /// TLS passthrough by SNI.
+    Tls,
 }
 
 /// A default route (no VirtualService): port, host, cluster, timeout, origin.
 pub(crate) type DefaultRoute = (u16, String, ClusterId, Option<Duration>, String);
+
+/// A declared host on a port that is not HTTP (TCP, TLS, HTTPS).
+pub(crate) struct L4Port {
+    pub port: u16,
+    pub host: String,
+    pub cluster: ClusterId,
+    pub protocol: Protocol,
+    pub origin: String,
+}
+
+/// The routing of a native `protocol: TCP` or `protocol: TLS` listener.
+fn declared_l4(
+    decl: &ListenerDecl,
+    ports: &[L4Port],
+    policy: OutboundPolicy,
+    passthrough: ClusterId,
+    problems: &mut Problems,
+) -> Option<crate::route::L4Routes> {
+    use crate::route::{L4Fallback, L4Routes, VirtualHosts};
+    let port = decl.port?;
+    match decl.kind {
+        ListenerKind::Http => None,
+        ListenerKind::Tcp => {
+            let hosts: Vec<&L4Port> = ports
+                .iter()
+                .filter(|p| p.port == port && p.protocol.is_opaque_tcp())
+                .collect();
+            match hosts.as_slice() {
+                [one] => Some(L4Routes::Tcp {
+                    clusters: WeightedClusters::single(one.cluster),
+                    route_name: None,
+                }),
+                [] => {
+                    problems.error(
+                        &decl.origin,
+                        format!("listeners[{}]", decl.name),
+                        format!("no destination declares TCP port {port}"),
+                        Some("add a destination with this port and protocol TCP".into()),
+                    );
+                    None
+                }
+                [a, b, ..] => {
+                    problems.error(
+                        &decl.origin,
+                        format!("listeners[{}]", decl.name),
+                        format!("TCP port {port} is declared by {} and by {}; a TCP listener cannot tell them apart", a.host, b.host),
+                        Some("give each TCP destination its own port".into()),
+                    );
+                    None
+                }
+            }
+        }
+        ListenerKind::Tls => {
+            let mut hosts = VirtualHosts::default();
+            for p in ports
+                .iter()
+                .filter(|p| p.port == port && p.protocol.is_tls())
+            {
+                hosts.insert(VirtualHost {
+                    name: format!("{}:{port}", p.host),
+                    domain: p.host.clone(),
+                    routes: vec![HttpRoute::forward(
+                        None,
+                        WeightedClusters::single(p.cluster),
+                        None,
+                    )],
+                });
+            }
+            Some(L4Routes::Sni {
+                port,
+                hosts,
+                fallback: match policy {
+                    OutboundPolicy::AllowAny => L4Fallback::AllowAny(passthrough),
+                    OutboundPolicy::RegistryOnly => L4Fallback::Refuse,
+                },
+            })
+        }
+    }
+}
+
+/// Where `CONNECT host:port` may go on an outbound listener: every host declared on a TLS,
+/// HTTPS or TCP port.
+fn add_tunnels(table: &mut RouteTable, ports: &[L4Port]) {
+    for p in ports {
+        let vhosts = table.tunnels.entry(p.port).or_default();
+        if vhosts.get_mut(&p.host).is_some() {
+            continue;
+        }
+        vhosts.insert(VirtualHost {
+            name: format!("{}:{}", p.host, p.port),
+            domain: p.host.clone(),
+            routes: vec![HttpRoute::forward(
+                None,
+                WeightedClusters::single(p.cluster),
+                None,
+            )],
+        });
+    }
+}
+
+/// The sidecar's TCP listeners: each opaque-TCP port is served at `ip` and the same port (or
+/// the `--bind-port` mapping). Without transparent capture a listener cannot tell hosts apart,
+/// so a port claimed by two hosts is an error.
+fn tcp_listeners(
+    listeners: &mut Vec<Listener>,
+    ports: &[L4Port],
+    ip: IpAddr,
+    bind_ports: &HashMap<u16, u16>,
+    routing: Option<&istio::Routing>,
+    clusters: &HashMap<String, ClusterId>,
+    problems: &mut Problems,
+) {
+    let mut by_port: std::collections::BTreeMap<u16, Vec<&L4Port>> = Default::default();
+    for p in ports.iter().filter(|p| p.protocol.is_opaque_tcp()) {
+        by_port.entry(p.port).or_default().push(p);
+    }
+    for (port, hosts) in by_port {
+        if let [a, b, ..] = hosts.as_slice() {
+            problems.error(
+                &Origin::file(b.origin.clone()),
+                "",
+                format!(
+                    "TCP port {port} is declared by {} and by {} ({}); a sidecar TCP listener on {ip}:{port} cannot tell them apart",
+                    a.host, b.host, a.origin
+                ),
+                Some("give each TCP destination its own port number, or route them through an egress gateway".into()),
+            );
+            continue;
+        }
+        let p = hosts[0];
+        let (clusters, route_name) =
+            match routing.and_then(|r| r.sidecar_tcp(&p.host, port, clusters, problems)) {
+                Some((w, name)) => (w, name),
+                None => (WeightedClusters::single(p.cluster), None),
+            };
+        listeners.push(Listener {
+            name: format!("{ip}_{port}"),
+            address: SocketAddr::new(ip, bind_ports.get(&port).copied().unwrap_or(port)),
+            routes: Arc::new(RouteTable::new(PortSource::Fixed(port), Fallback::NotFound)),
+            use_remote_address: false,
+            tls: None,
+            l4: Some(Arc::new(crate::route::L4Routes::Tcp {
+                clusters,
+                route_name,
+            })),
+        });
+    }
+}
 
 /// Lowers the model into a `Config`, checking everything that needs the whole picture.
 fn build(mut model: Model, overrides: &Overrides, problems: &mut Problems) -> Config {
@@ -857,6 +1040,7 @@ fn build(mut model: Model, overrides: &Overrides, problems: &mut Problems) -> Co
     let mut by_name: HashMap<String, ClusterId> = HashMap::new();
     let mut tls_cache: HashMap<String, Option<Arc<TlsPolicy>>> = HashMap::new();
     let mut default_routes: Vec<DefaultRoute> = Vec::new();
+    let mut l4_ports: Vec<L4Port> = Vec::new();
     let ca_bundle = overrides.ca_bundle.as_deref();
     let mounts = overrides.mounts.as_slice();
     let mut wanted_subsets: Vec<(String, u16, String)> = model
@@ -911,6 +1095,15 @@ fn build(mut model: Model, overrides: &Overrides, problems: &mut Problems) -> Co
                 }
                 let id = clusters.len();
                 by_name.insert(cluster.name.clone(), id);
+                if subset.is_none() && !port.protocol.is_http() {
+                    l4_ports.push(L4Port {
+                        port: port.number,
+                        host: svc.host.clone(),
+                        cluster: id,
+                        protocol: port.protocol,
+                        origin: cluster.origin.clone(),
+                    });
+                }
                 if subset.is_none() && port.protocol.is_http() {
                     default_routes.push((
                         port.number,
@@ -940,6 +1133,7 @@ fn build(mut model: Model, overrides: &Overrides, problems: &mut Problems) -> Co
         lb: LbPolicy::RoundRobin,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
         max_requests_per_connection: 0,
         max_connections: None,
         origin: "outbound traffic policy ALLOW_ANY".into(),
@@ -963,34 +1157,74 @@ fn build(mut model: Model, overrides: &Overrides, problems: &mut Problems) -> Co
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 15001))),
             port: None,
+            kind: ListenerKind::Http,
             origin: Origin::file(EMBEDDED_DEFAULT_NAME),
         });
     }
     if let Some(addr) = overrides.outbound_listen {
-        match decls.iter_mut().find(|l| l.port.is_none()) {
+        match decls
+            .iter_mut()
+            .find(|l| l.port.is_none() && l.kind == ListenerKind::Http)
+        {
             Some(l) => l.address = addr,
             None => decls.push(ListenerDecl {
                 name: "outbound".into(),
                 address: addr,
                 port: None,
+                kind: ListenerKind::Http,
                 origin: Origin::file("<command line>"),
             }),
         }
     }
     for decl in &decls {
+        if decl.kind != ListenerKind::Http {
+            if let Some(l4) = declared_l4(decl, &l4_ports, outbound_policy, passthrough, problems) {
+                listeners.push(Listener {
+                    name: decl.name.clone(),
+                    address: decl.address,
+                    routes: Arc::new(RouteTable::new(
+                        PortSource::Fixed(decl.port.unwrap_or(0)),
+                        Fallback::NotFound,
+                    )),
+                    use_remote_address: false,
+                    tls: None,
+                    l4: Some(Arc::new(l4)),
+                });
+            }
+            continue;
+        }
         let port_source = decl.port.map_or(PortSource::Request, PortSource::Fixed);
         let mut table = RouteTable::new(port_source, fallback.clone());
         if let Some(r) = &model.routing {
             r.sidecar_routes(&mut table, &by_name, decl.port, problems);
         }
         add_default_routes(&mut table, &default_routes, decl.port, problems);
+        if decl.port.is_none() {
+            add_tunnels(&mut table, &l4_ports);
+        }
         listeners.push(Listener {
             name: decl.name.clone(),
             address: decl.address,
             routes: Arc::new(table),
             use_remote_address: false,
             tls: None,
+            l4: None,
         });
+    }
+    if !gateway_role {
+        let ip = overrides
+            .tcp_listen_address
+            .unwrap_or(DEFAULT_TCP_LISTEN_ADDRESS);
+        let bind_ports = &overrides.istio.bind_ports;
+        tcp_listeners(
+            &mut listeners,
+            &l4_ports,
+            ip,
+            bind_ports,
+            model.routing.as_ref(),
+            &by_name,
+            problems,
+        );
     }
     if let Some(r) = &model.routing {
         r.gateway_listeners(&mut listeners, &by_name, problems);
@@ -1223,7 +1457,7 @@ pub(crate) fn lower_cluster(
         }
     };
 
-    let (connect_timeout, idle_timeout, max_rpc, max_conns) = match &pool {
+    let (connect_timeout, idle_timeout, tcp_idle_timeout, max_rpc, max_conns) = match &pool {
         Some(p) => {
             let tcp = p.tcp.clone().unwrap_or_default();
             let http = p.http.clone().unwrap_or_default();
@@ -1232,11 +1466,23 @@ pub(crate) fn lower_cluster(
                 http.idle_timeout
                     .or(tcp.idle_timeout)
                     .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+                // Envoy: 0 disables the TCP idle timeout.
+                match tcp.idle_timeout.map(|d| d.0) {
+                    Some(d) if d.is_zero() => Duration::MAX,
+                    Some(d) => d,
+                    None => DEFAULT_TCP_IDLE_TIMEOUT,
+                },
                 http.max_requests_per_connection.unwrap_or(0),
                 tcp.max_connections,
             )
         }
-        None => (DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, 0, None),
+        None => (
+            DEFAULT_CONNECT_TIMEOUT,
+            DEFAULT_IDLE_TIMEOUT,
+            DEFAULT_TCP_IDLE_TIMEOUT,
+            0,
+            None,
+        ),
     };
     let lb = match lb.and_then(|l| l.simple) {
         Some(spec::SimpleLbSpec::Random) => LbPolicy::Random,
@@ -1256,6 +1502,7 @@ pub(crate) fn lower_cluster(
         lb,
         connect_timeout,
         idle_timeout,
+        tcp_idle_timeout,
         max_requests_per_connection: max_rpc,
         max_connections: max_conns,
         origin: format!("{}: {}", svc.origin, svc.path),
@@ -1574,6 +1821,33 @@ impl Config {
     }
 
     /// The effective routing table, one line per route: what `egret check` prints.
+    /// One row of the route listing: where a route goes and with what TLS.
+    fn cluster_row(&self, out: &mut String, port: &str, domain: &str, route: &str, id: ClusterId) {
+        let Some(c) = self.clusters.get(id) else {
+            return;
+        };
+        let (mode, sni, ca) = match &c.tls {
+            None => ("DISABLE".to_string(), "-".to_string(), "-".to_string()),
+            Some(t) => (
+                t.mode_str().to_string(),
+                t.sni.clone().unwrap_or_else(|| {
+                    if c.host_from_request() {
+                        "<request host>".into()
+                    } else {
+                        c.host.clone()
+                    }
+                }),
+                t.describe_roots(),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  {port:<6} {domain:<40} {route:<10} {:<48} {:<28} {mode:<7} {sni:<28} {ca}",
+            c.name,
+            c.describe_endpoints()
+        );
+    }
+
     pub fn describe(&self) -> String {
         let mut out = String::new();
         if self
@@ -1625,34 +1899,86 @@ impl Config {
                             }
                             RouteAction::Forward(w) => {
                                 for wc in &w.clusters {
-                                    let c = &self.clusters[wc.cluster];
-                                    let (mode, sni, ca) = match &c.tls {
-                                        None => (
-                                            "DISABLE".to_string(),
-                                            "-".to_string(),
-                                            "-".to_string(),
-                                        ),
-                                        Some(t) => (
-                                            t.mode_str().to_string(),
-                                            t.sni.clone().unwrap_or_else(|| {
-                                                if c.host_from_request() {
-                                                    "<request host>".into()
-                                                } else {
-                                                    c.host.clone()
-                                                }
-                                            }),
-                                            t.describe_roots(),
-                                        ),
-                                    };
-                                    let _ = writeln!(
-                                        out,
-                                        "  {port:<6} {:<40} {route:<10} {:<48} {:<28} {mode:<7} {sni:<28} {ca}",
-                                        vh.domain,
-                                        c.name,
-                                        c.describe_endpoints()
+                                    self.cluster_row(
+                                        &mut out,
+                                        &port.to_string(),
+                                        &vh.domain,
+                                        route,
+                                        wc.cluster,
                                     );
                                 }
                             }
+                        }
+                    }
+                }
+            }
+            if let Some(l4) = &l.l4 {
+                use crate::route::{L4Fallback, L4Routes};
+                match &**l4 {
+                    L4Routes::Tcp { clusters, .. } => {
+                        for wc in &clusters.clusters {
+                            self.cluster_row(&mut out, "tcp", "*", "-", wc.cluster);
+                        }
+                        let _ = writeln!(out, "  every connection: TCP proxy");
+                    }
+                    L4Routes::Sni {
+                        port,
+                        hosts,
+                        fallback,
+                    } => {
+                        for vh in &hosts.hosts {
+                            for r in &vh.routes {
+                                if let RouteAction::Forward(w) = &r.action {
+                                    for wc in &w.clusters {
+                                        self.cluster_row(
+                                            &mut out,
+                                            &format!("sni:{port}"),
+                                            &vh.domain,
+                                            "-",
+                                            wc.cluster,
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        let _ = writeln!(
+                            out,
+                            "  TLS passthrough by SNI (egret never terminates it); any other SNI: {}",
+                            match fallback {
+                                L4Fallback::Refuse => "refused (NR)",
+                                L4Fallback::AllowAny(_) => "passthrough (allow_any, ALLOW_ANY)",
+                            }
+                        );
+                    }
+                }
+                continue;
+            }
+            let mut tunnel_ports: Vec<_> = l.routes.tunnels.keys().copied().collect();
+            tunnel_ports.sort_unstable();
+            for port in tunnel_ports {
+                for vh in &l.routes.tunnels[&port].hosts {
+                    if let Some(RouteAction::Forward(w)) = vh.routes.first().map(|r| &r.action) {
+                        for wc in &w.clusters {
+                            let c = &self.clusters[wc.cluster];
+                            if !c.protocol.is_tls() {
+                                self.cluster_row(
+                                    &mut out,
+                                    &format!("C:{port}"),
+                                    &vh.domain,
+                                    "CONNECT",
+                                    wc.cluster,
+                                );
+                                continue;
+                            }
+                            let _ = writeln!(
+                                out,
+                                "  {:<6} {:<40} {:<10} {:<48} {:<28} tunnel  (the client's own TLS, SNI checked)",
+                                format!("C:{port}"),
+                                vh.domain,
+                                "CONNECT",
+                                c.name,
+                                c.describe_endpoints()
+                            );
                         }
                     }
                 }

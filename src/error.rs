@@ -201,7 +201,7 @@ impl ConnectFailure {
     }
 }
 
-fn humanize(d: Duration) -> String {
+pub fn humanize(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {

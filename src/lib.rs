@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;

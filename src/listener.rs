@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -53,6 +53,7 @@ pub async fn serve_http(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let l4_active = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -74,17 +75,29 @@ pub async fn serve_http(
                     listener: key.clone(),
                     sni: None,
                 };
-                let acceptor = {
+                let (acceptor, l4) = {
                     let rt = state.load();
-                    rt.config
-                        .listeners
-                        .iter()
-                        .position(|l| l.key() == key)
-                        .and_then(|i| rt.listener_tls.get(i).cloned().flatten())
+                    match rt.config.listeners.iter().position(|l| l.key() == key) {
+                        Some(i) => (
+                            rt.listener_tls.get(i).cloned().flatten(),
+                            rt.config.listeners[i].l4.clone(),
+                        ),
+                        None => (None, None),
+                    }
                 };
                 stats.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
                 stats.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
                 let cx_stats = stats.clone();
+                if let Some(l4) = l4 {
+                    let rt = state.load_full();
+                    let guard = L4Guard::new(&l4_active);
+                    tokio::spawn(async move {
+                        let _active = ActiveGuard(cx_stats);
+                        let _l4 = guard;
+                        crate::tunnel::serve(stream, ctx, rt, l4).await;
+                    });
+                    continue;
+                }
                 let watcher = graceful.watcher();
                 let state = state.clone();
                 let builder = builder.clone();
@@ -110,11 +123,34 @@ pub async fn serve_http(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    // TCP connections have no request boundary to stop at: they run until they end or the
+    // drain deadline, as in Envoy.
+    let l4_done = async {
+        while l4_active.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(drain, async { tokio::join!(graceful.shutdown(), l4_done) })
         .await
         .is_err()
     {
         tracing::warn!("drain deadline reached with connections still open; closing them");
+    }
+}
+
+/// Counts a listener's open TCP connections (for the drain).
+struct L4Guard(Arc<AtomicUsize>);
+
+impl L4Guard {
+    fn new(count: &Arc<AtomicUsize>) -> L4Guard {
+        count.fetch_add(1, Ordering::Relaxed);
+        L4Guard(count.clone())
+    }
+}
+
+impl Drop for L4Guard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

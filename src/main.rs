@@ -114,8 +114,12 @@ struct RunArgs {
         help_heading = "Istio manifests"
     )]
     listen_address: std::net::IpAddr,
-    /// Bind Gateway server port PORT on BIND instead (like a Service targetPort; 0 = any free
-    /// port) (repeatable).
+    /// Where the sidecar's TCP listeners bind: each TCP ServiceEntry port is served here at
+    /// the same port number (or its --bind-port).
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    tcp_listen_address: std::net::IpAddr,
+    /// Bind port PORT (a Gateway server port, or a sidecar TCP port) on BIND instead (like a
+    /// Service targetPort; 0 = any free port) (repeatable).
     #[arg(long, value_name = "PORT=BIND", help_heading = "Istio manifests")]
     bind_port: Vec<String>,
     /// The proxy's namespace; also the namespace of manifests without one.
@@ -583,6 +587,7 @@ fn overrides(args: &RunArgs, params: Vec<(String, String)>) -> Result<Overrides,
         outbound_listen: args.outbound_listen,
         access_log: args.access_log.clone(),
         ca_bundle: args.ca_bundle.clone(),
+        tcp_listen_address: Some(args.tcp_listen_address),
         ..Overrides::default()
     };
     for m in &args.mount {

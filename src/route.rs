@@ -41,6 +41,63 @@ pub struct RouteTable {
     pub port_source: PortSource,
     pub ports: HashMap<u16, VirtualHosts>,
     pub fallback: Fallback,
+    /// Hosts declared on non-HTTP ports (TLS, HTTPS, TCP): where `CONNECT host:port` may go.
+    pub tunnels: HashMap<u16, VirtualHosts>,
+}
+
+/// Routing of a listener that is not HTTP.
+#[derive(Debug)]
+pub enum L4Routes {
+    /// Opaque TCP: every connection goes to the clusters (VirtualService `tcp` or the port's
+    /// one host).
+    Tcp {
+        clusters: WeightedClusters,
+        route_name: Option<std::sync::Arc<str>>,
+    },
+    /// TLS passthrough: the ClientHello's SNI picks the virtual host (exact, `*.suffix`, `*`).
+    Sni {
+        port: u16,
+        hosts: VirtualHosts,
+        fallback: L4Fallback,
+    },
+}
+
+/// What happens to an SNI (or CONNECT host) no virtual host claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L4Fallback {
+    /// REGISTRY_ONLY and gateways: the connection is refused and logged.
+    Refuse,
+    /// ALLOW_ANY: spliced to the host the client named, at the listener's port.
+    AllowAny(ClusterId),
+}
+
+impl L4Routes {
+    /// The cluster for a connection with `sni` (TLS passthrough) or any (TCP).
+    pub fn pick(&self, sni: Option<&str>) -> Option<(ClusterId, Option<std::sync::Arc<str>>)> {
+        match self {
+            L4Routes::Tcp {
+                clusters,
+                route_name,
+            } => Some((clusters.pick(), route_name.clone())),
+            L4Routes::Sni {
+                hosts, fallback, ..
+            } => {
+                let sni = sni?;
+                match hosts.find(sni) {
+                    Some(vh) => vh.routes.first().and_then(|r| match &r.action {
+                        RouteAction::Forward(w) => Some((w.pick(), r.name.clone())),
+                        _ => None,
+                    }),
+                    None => match fallback {
+                        L4Fallback::AllowAny(c) => {
+                            Some((*c, Some(std::sync::Arc::from("allow_any"))))
+                        }
+                        L4Fallback::Refuse => None,
+                    },
+                }
+            }
+        }
+    }
 }
 
 /// The virtual hosts of one route configuration (one port).
@@ -302,6 +359,26 @@ impl RouteTable {
             port_source,
             ports: HashMap::new(),
             fallback,
+            tunnels: HashMap::new(),
+        }
+    }
+
+    /// Where `CONNECT host:port` goes: a declared TLS/HTTPS/TCP host and port, else the
+    /// passthrough cluster under ALLOW_ANY.
+    pub fn tunnel(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Option<(ClusterId, Option<std::sync::Arc<str>>)> {
+        if let Some(vh) = self.tunnels.get(&port).and_then(|v| v.find(host))
+            && let Some(r) = vh.routes.first()
+            && let RouteAction::Forward(w) = &r.action
+        {
+            return Some((w.pick(), r.name.clone()));
+        }
+        match &self.fallback {
+            Fallback::AllowAny(c) => Some((*c, Some(std::sync::Arc::from("allow_any")))),
+            _ => None,
         }
     }
 

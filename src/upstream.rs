@@ -20,11 +20,19 @@ use rustls::pki_types::ServerName;
 
 use crate::body::RequestBody;
 use crate::config::{Cluster, Endpoints, LbPolicy, Protocol, UpstreamOverrides};
-use crate::connect::{self, Transport};
+use crate::connect::{self, Transport, UpstreamIo};
 use crate::dns::Dns;
 use crate::error::{AttemptError, ConnectFailure, ProxyError};
 use crate::metrics::{ClusterStats, Metrics};
 use crate::tls::TlsContext;
+
+/// Why one connection attempt did not produce a connection.
+enum DialError {
+    /// Try the next address.
+    Attempt(AttemptError),
+    /// No address can work (e.g. the host is not a valid TLS name).
+    Fatal(ProxyError),
+}
 
 /// At most this many addresses are tried for one request (Envoy's default retry policy allows
 /// two retries on connect failure).
@@ -298,40 +306,10 @@ impl ClusterPool {
                 }
                 .into());
             }
-            let server_name = match &self.server_name {
-                Some(n) => n.clone(),
-                None => match ServerName::try_from(host.to_string()) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        return Err(ProxyError::BadRequest(format!(
-                            "\"{host}\" is not a valid host name"
-                        ))
-                        .into());
-                    }
-                },
-            };
-            let tls = self.tls.as_deref().map(|t| (t, server_name));
-            match connect::connect(addr, self.cluster.connect_timeout, tls, self.alpn).await {
-                Err(e) => {
-                    self.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                    if e.is_timeout() {
-                        self.stats
-                            .cx_connect_timeout
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    if matches!(e, AttemptError::Tls(_)) {
-                        self.stats
-                            .ssl_connection_error
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::debug!(cluster = %self.cluster.name, %addr, error = e.code(), "upstream connect failed");
-                    last = Some((addr, e));
-                }
+            match self.dial(addr, host, true).await {
+                Err(DialError::Fatal(e)) => return Err(e.into()),
+                Err(DialError::Attempt(e)) => last = Some((addr, e)),
                 Ok((io, transport)) => {
-                    self.stats.cx_total.fetch_add(1, Ordering::Relaxed);
-                    if self.tls.is_some() {
-                        self.stats.ssl_handshake.fetch_add(1, Ordering::Relaxed);
-                    }
                     let conn = Arc::new(ConnInfo {
                         id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
                         transport,
@@ -374,18 +352,116 @@ impl ClusterPool {
                 }
             }
         }
-        let (addr, error) = match last {
-            Some(l) => l,
-            None => {
-                return Err(ProxyError::NoHealthyUpstream {
-                    target: host.to_string(),
-                    reason: format!("{} has no addresses", self.cluster.name),
-                    code: "upstream.no_healthy_upstream",
+        Err(self.connect_failure(host, last, tries).into())
+    }
+
+    /// Opens a raw stream for TCP proxying: DNS, connect with failover over the addresses (up
+    /// to three), and the cluster's TLS unless `originate_tls` is false (passthrough: the
+    /// client's own TLS is spliced through).
+    pub async fn open_stream(
+        &self,
+        ctx: &UpstreamCtx,
+        host: &str,
+        req_port: u16,
+        originate_tls: bool,
+    ) -> Result<(UpstreamIo, Arc<ConnInfo>), ProxyError> {
+        let host_key: &str = if self.server_name.is_some() { "" } else { host };
+        let (addrs, _) = self.addresses(ctx, host, req_port).await?;
+        let n = addrs.len();
+        let start = self.pick(host_key, &addrs);
+        let tries = n.min(MAX_CONNECT_ATTEMPTS);
+        let mut last = None;
+        for attempt in 0..tries {
+            let addr = addrs.get((start + attempt) % n);
+            if let Some(max) = self.cluster.max_connections
+                && self.stats.cx_active.load(Ordering::Relaxed) >= u64::from(max)
+            {
+                self.stats.cx_overflow.fetch_add(1, Ordering::Relaxed);
+                return Err(ProxyError::Overflow {
+                    cluster: self.cluster.name.clone(),
+                    max,
+                });
+            }
+            match self.dial(addr, host, originate_tls).await {
+                Ok((io, transport)) => {
+                    let conn = Arc::new(ConnInfo {
+                        id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+                        transport,
+                        requests: AtomicU32::new(1),
+                    });
+                    return Ok((io, conn));
                 }
-                .into());
+                Err(DialError::Fatal(e)) => return Err(e),
+                Err(DialError::Attempt(e)) => last = Some((addr, e)),
+            }
+        }
+        Err(self.connect_failure(host, last, tries))
+    }
+
+    /// One connection attempt to `addr` (TCP, then TLS when the cluster has a policy and
+    /// `tls` is true), counted in the cluster's stats.
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        tls: bool,
+    ) -> Result<(UpstreamIo, Transport), DialError> {
+        let policy = if tls { self.tls.as_deref() } else { None };
+        let tls = match policy {
+            None => None,
+            Some(t) => {
+                let server_name = match &self.server_name {
+                    Some(n) => n.clone(),
+                    None => ServerName::try_from(host.to_string()).map_err(|_| {
+                        DialError::Fatal(ProxyError::BadRequest(format!(
+                            "\"{host}\" is not a valid host name"
+                        )))
+                    })?,
+                };
+                Some((t, server_name))
             }
         };
-        Err(ProxyError::Connect(ConnectFailure {
+        match connect::connect(addr, self.cluster.connect_timeout, tls, self.alpn).await {
+            Err(e) => {
+                self.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                if e.is_timeout() {
+                    self.stats
+                        .cx_connect_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if matches!(e, AttemptError::Tls(_)) {
+                    self.stats
+                        .ssl_connection_error
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(cluster = %self.cluster.name, %addr, error = e.code(), "upstream connect failed");
+                Err(DialError::Attempt(e))
+            }
+            Ok(ok) => {
+                self.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+                if policy.is_some() {
+                    self.stats.ssl_handshake.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(ok)
+            }
+        }
+    }
+
+    /// The error once every attempt failed (or there was nothing to try).
+    fn connect_failure(
+        &self,
+        host: &str,
+        last: Option<(SocketAddr, AttemptError)>,
+        tries: usize,
+    ) -> ProxyError {
+        let Some((addr, error)) = last else {
+            return ProxyError::NoHealthyUpstream {
+                target: host.to_string(),
+                reason: format!("{} has no addresses", self.cluster.name),
+                code: "upstream.no_healthy_upstream",
+            };
+        };
+        ProxyError::Connect(ConnectFailure {
             target: format!(
                 "{}:{}",
                 if host.is_empty() {
@@ -399,7 +475,6 @@ impl ClusterPool {
             addr,
             error,
         })
-        .into())
     }
 
     /// Maps a failure after the connection was established.

@@ -26,8 +26,9 @@ use super::{
     PortDecl, Protocol, Resolution, ServerTlsPolicy, ServiceDecl, Source,
 };
 use crate::route::{
-    ClusterId, Fallback, HeaderOps, HttpRoute, PortSource, Redirect, Rewrite, RouteAction,
-    RouteMatch, RouteTable, StringMatch, VirtualHost, WeightedCluster, WeightedClusters,
+    ClusterId, Fallback, HeaderOps, HttpRoute, L4Fallback, L4Routes, PortSource, Redirect, Rewrite,
+    RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost, VirtualHosts, WeightedCluster,
+    WeightedClusters,
 };
 
 /// Which proxy egret plays.
@@ -723,6 +724,75 @@ struct VsRoutes {
     hosts: Vec<String>,
     gateways: Vec<GwKey>,
     routes: Vec<RouteSpec>,
+    /// `tcp` and `tls` routes, in order.
+    l4: Vec<L4RouteSpec>,
+}
+
+/// A VirtualService `tcp` or `tls` route.
+#[derive(Debug, Clone)]
+struct L4RouteSpec {
+    tls: bool,
+    /// OR of the matches; empty matches everything.
+    matches: Vec<L4Match>,
+    dests: Vec<DestKey>,
+    origin: Origin,
+    path: String,
+}
+
+#[derive(Debug, Clone)]
+struct L4Match {
+    port: Option<u16>,
+    gateways: Option<Vec<GwKey>>,
+    /// `tls` routes: the SNI names (`*.example.com` allowed).
+    sni_hosts: Vec<String>,
+}
+
+/// The fields `TCPRoute` and `TLSRoute` matches share.
+struct L4MatchView<'a> {
+    port: Option<u32>,
+    gateways: &'a [String],
+    sni_hosts: &'a [String],
+    destination_subnets: &'a [String],
+    source_labels: &'a BTreeMap<String, String>,
+    source_namespace: Option<&'a str>,
+}
+
+impl<'a> From<&'a L4MatchSpec> for L4MatchView<'a> {
+    fn from(m: &'a L4MatchSpec) -> Self {
+        L4MatchView {
+            port: m.port,
+            gateways: &m.gateways,
+            sni_hosts: &[],
+            destination_subnets: &m.destination_subnets,
+            source_labels: &m.source_labels,
+            source_namespace: m.source_namespace.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a TlsMatchSpec> for L4MatchView<'a> {
+    fn from(m: &'a TlsMatchSpec) -> Self {
+        L4MatchView {
+            port: m.port,
+            gateways: &m.gateways,
+            sni_hosts: &m.sni_hosts,
+            destination_subnets: &m.destination_subnets,
+            source_labels: &m.source_labels,
+            source_namespace: m.source_namespace.as_deref(),
+        }
+    }
+}
+
+/// What a gateway port serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GatewayKind {
+    /// HTTP (or HTTPS terminated with `tls`).
+    Http,
+    /// Opaque TCP (`protocol: TCP`, VirtualService `tcp` routes).
+    Tcp,
+    /// TLS passthrough (`protocol: TLS` with `tls.mode: PASSTHROUGH`, VirtualService `tls`
+    /// routes by SNI).
+    TlsPassthrough,
 }
 
 #[derive(Debug)]
@@ -730,6 +800,7 @@ struct GatewayListener {
     name: String,
     address: SocketAddr,
     port: u16,
+    kind: GatewayKind,
     tls: Option<Arc<ServerTlsPolicy>>,
     /// (gateway key, gateway namespace, server hosts).
     servers: Vec<(GwKey, String, Vec<String>)>,
@@ -798,6 +869,19 @@ impl Routing {
     ) {
         for gl in &self.gateway_listeners {
             let mut table = RouteTable::new(PortSource::Fixed(gl.port), Fallback::NotFound);
+            if gl.kind != GatewayKind::Http {
+                if let Some(l4) = self.gateway_l4(gl, clusters, problems) {
+                    listeners.push(Listener {
+                        name: gl.name.clone(),
+                        address: gl.address,
+                        routes: Arc::new(table),
+                        use_remote_address: true,
+                        tls: None,
+                        l4: Some(Arc::new(l4)),
+                    });
+                }
+                continue;
+            }
             for (gw_key, gw_ns, server_hosts) in &gl.servers {
                 let ctx = [gw_key.clone()];
                 for vs in &self.virtual_services {
@@ -855,8 +939,184 @@ impl Routing {
                 routes: Arc::new(table),
                 use_remote_address: true,
                 tls: gl.tls.clone(),
+                l4: None,
             });
         }
+    }
+
+    /// The clusters of a route's destinations (a destination without a port takes the host's
+    /// only port, else `port`); `None` (with errors) when none is declared.
+    fn weighted(
+        &self,
+        dests: &[DestKey],
+        port: u16,
+        clusters: &HashMap<String, ClusterId>,
+        origin: &Origin,
+        path: &str,
+        problems: &mut Problems,
+    ) -> Option<WeightedClusters> {
+        let mut wc = Vec::new();
+        for d in dests {
+            let dport = match d.port {
+                Some(p) => p,
+                None => match self.service_ports.get(&d.host).map(Vec::as_slice) {
+                    Some([(only, _)]) => *only,
+                    _ => port,
+                },
+            };
+            let name = format!(
+                "outbound|{dport}|{}|{}",
+                d.subset.as_deref().unwrap_or(""),
+                d.host
+            );
+            match clusters.get(&name) {
+                Some(id) => wc.push(WeightedCluster {
+                    cluster: *id,
+                    weight: d.weight,
+                }),
+                None => {
+                    let ports = self
+                        .service_ports
+                        .get(&d.host)
+                        .map(|p| {
+                            p.iter()
+                                .map(|(n, _)| n.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default();
+                    problems.error(
+                        origin,
+                        format!("{path}.route"),
+                        format!(
+                            "the route on port {port} goes to {}:{dport}, which is not a declared port of {} (ports: {ports})",
+                            d.host, d.host
+                        ),
+                        Some("set destination.port.number to one of the host's ports".into()),
+                    );
+                }
+            }
+        }
+        (!wc.is_empty()).then(|| WeightedClusters::new(wc))
+    }
+
+    /// The VirtualService `tcp` route (bound to `mesh`) for a sidecar TCP listener of `host`
+    /// on `port`: the first route whose match applies.
+    pub fn sidecar_tcp(
+        &self,
+        host: &str,
+        port: u16,
+        clusters: &HashMap<String, ClusterId>,
+        problems: &mut Problems,
+    ) -> Option<(WeightedClusters, Option<Arc<str>>)> {
+        let vs = self
+            .virtual_services
+            .iter()
+            .find(|v| v.gateways.iter().any(|g| g == MESH) && v.hosts.iter().any(|h| h == host))?;
+        let ctx = [MESH.to_string()];
+        let r = vs
+            .l4
+            .iter()
+            .filter(|r| !r.tls)
+            .find(|r| l4_applies(r, &vs.gateways, &ctx, port))?;
+        let w = self.weighted(&r.dests, port, clusters, &r.origin, &r.path, problems)?;
+        Some((w, None))
+    }
+
+    /// The L4 routing of a gateway TCP or TLS-passthrough listener.
+    fn gateway_l4(
+        &self,
+        gl: &GatewayListener,
+        clusters: &HashMap<String, ClusterId>,
+        problems: &mut Problems,
+    ) -> Option<L4Routes> {
+        let tls = gl.kind == GatewayKind::TlsPassthrough;
+        let mut sni_hosts = VirtualHosts::default();
+        for (gw_key, gw_ns, server_hosts) in &gl.servers {
+            let ctx = [gw_key.clone()];
+            for vs in &self.virtual_services {
+                let vs_ns = vs.id.split('/').next().unwrap_or("");
+                if !vs.hosts.iter().any(|h| {
+                    server_hosts
+                        .iter()
+                        .any(|sh| server_host_matches(sh, h, vs_ns, gw_ns))
+                }) {
+                    continue;
+                }
+                for r in vs.l4.iter().filter(|r| r.tls == tls) {
+                    if !tls {
+                        if l4_applies(r, &vs.gateways, &ctx, gl.port) {
+                            let w = self.weighted(
+                                &r.dests, gl.port, clusters, &r.origin, &r.path, problems,
+                            )?;
+                            return Some(L4Routes::Tcp {
+                                clusters: w,
+                                route_name: None,
+                            });
+                        }
+                        continue;
+                    }
+                    // TLS: each SNI name of each applying match gets the route (first wins).
+                    let names: Vec<&String> = r
+                        .matches
+                        .iter()
+                        .filter(|m| {
+                            m.port.is_none_or(|p| p == gl.port)
+                                && m.gateways
+                                    .as_deref()
+                                    .unwrap_or(&vs.gateways)
+                                    .iter()
+                                    .any(|g| ctx.contains(g))
+                        })
+                        .flat_map(|m| m.sni_hosts.iter())
+                        .collect();
+                    if names.is_empty() {
+                        continue;
+                    }
+                    let Some(w) =
+                        self.weighted(&r.dests, gl.port, clusters, &r.origin, &r.path, problems)
+                    else {
+                        continue;
+                    };
+                    for name in names {
+                        if sni_hosts.get_mut(name).is_some() {
+                            continue;
+                        }
+                        sni_hosts.insert(VirtualHost {
+                            name: format!("{name}:{}", gl.port),
+                            domain: name.clone(),
+                            routes: vec![HttpRoute::forward(
+                                None,
+                                WeightedClusters::new(w.clusters.clone()),
+                                None,
+                            )],
+                        });
+                    }
+                }
+            }
+        }
+        if tls {
+            if sni_hosts.hosts.is_empty() {
+                problems.warn(
+                    &Origin::file(gl.name.clone()),
+                    "",
+                    format!("no VirtualService tls route (sniHosts) serves gateway port {}: every connection will be refused", gl.port),
+                    Some("bind a VirtualService with tls: [{match: [{port, sniHosts}], route: [...]}] to the Gateway".into()),
+                );
+            }
+            return Some(L4Routes::Sni {
+                port: gl.port,
+                hosts: sni_hosts,
+                fallback: L4Fallback::Refuse,
+            });
+        }
+        problems.warn(
+            &Origin::file(gl.name.clone()),
+            "",
+            format!("no VirtualService tcp route serves gateway port {}: every connection will be refused", gl.port),
+            Some("bind a VirtualService with tcp: [{match: [{port}], route: [...]}] to the Gateway".into()),
+        );
+        None
     }
 
     /// The routes of `vs` that apply on `port` for the gateways in `ctx`, in order; one route
@@ -897,52 +1157,10 @@ impl Routing {
                 },
                 ActionSpec::Redirect(rd) => RouteAction::Redirect(rd.clone()),
                 ActionSpec::Forward(dests) => {
-                    let mut wc = Vec::new();
-                    for d in dests {
-                        let dport = match d.port {
-                            Some(p) => p,
-                            None => match self.service_ports.get(&d.host).map(Vec::as_slice) {
-                                Some([(only, _)]) => *only,
-                                _ => port,
-                            },
-                        };
-                        let name = format!(
-                            "outbound|{dport}|{}|{}",
-                            d.subset.as_deref().unwrap_or(""),
-                            d.host
-                        );
-                        match clusters.get(&name) {
-                            Some(id) => wc.push(WeightedCluster {
-                                cluster: *id,
-                                weight: d.weight,
-                            }),
-                            None => {
-                                let ports = self
-                                    .service_ports
-                                    .get(&d.host)
-                                    .map(|p| {
-                                        p.iter()
-                                            .map(|(n, _)| n.to_string())
-                                            .collect::<Vec<_>>()
-                                            .join(", ")
-                                    })
-                                    .unwrap_or_default();
-                                problems.error(
-                                    &r.origin,
-                                    format!("{}.route", r.path),
-                                    format!(
-                                        "the route on port {port} goes to {}:{dport}, which is not a declared port of {} (ports: {ports})",
-                                        d.host, d.host
-                                    ),
-                                    Some("set destination.port.number to one of the host's ports".into()),
-                                );
-                            }
-                        }
+                    match self.weighted(dests, port, clusters, &r.origin, &r.path, problems) {
+                        Some(w) => RouteAction::Forward(w),
+                        None => continue,
                     }
-                    if wc.is_empty() {
-                        continue;
-                    }
-                    RouteAction::Forward(WeightedClusters::new(wc))
                 }
             };
             // The action is shared by all kept matches of the route; build it once per match.
@@ -984,6 +1202,17 @@ fn clone_action(a: &RouteAction) -> RouteAction {
         },
         RouteAction::Redirect(r) => RouteAction::Redirect(r.clone()),
     }
+}
+
+/// Whether an L4 route applies on `port` for the gateways in `ctx`.
+fn l4_applies(r: &L4RouteSpec, vs_gateways: &[GwKey], ctx: &[GwKey], port: u16) -> bool {
+    let bound = |gws: &[GwKey]| gws.iter().any(|g| ctx.contains(g));
+    if r.matches.is_empty() {
+        return bound(vs_gateways);
+    }
+    r.matches.iter().any(|m| {
+        bound(m.gateways.as_deref().unwrap_or(vs_gateways)) && m.port.is_none_or(|p| p == port)
+    })
 }
 
 /// Gateway server host `[ns/]dnsName` against a VirtualService host in namespace `vs_ns`.
@@ -1625,56 +1854,43 @@ pub fn resolve(model: &mut Model, opts: &IstioOptions, problems: &mut Problems) 
                 path: rpath,
             });
         }
-        // tcp and tls routes: validated here, served by TCP listeners.
-        for (ri, r) in vs.spec.tcp.iter().enumerate() {
-            for (di, d) in r.route.iter().enumerate() {
+        // tcp and tls routes: served by TCP and TLS-passthrough listeners.
+        let mut l4_routes: Vec<L4RouteSpec> = Vec::new();
+        let l4 = vs
+            .spec
+            .tcp
+            .iter()
+            .map(|r| (false, &r.matches, &r.route))
+            .map(|(t, m, r)| (t, m.iter().map(L4MatchView::from).collect::<Vec<_>>(), r))
+            .chain(vs.spec.tls.iter().map(|r| {
+                (
+                    true,
+                    r.matches.iter().map(L4MatchView::from).collect::<Vec<_>>(),
+                    &r.route,
+                )
+            }));
+        let (mut tcp_i, mut tls_i) = (0, 0);
+        for (is_tls, matches, route) in l4 {
+            let (kind, ri) = if is_tls {
+                tls_i += 1;
+                ("tls", tls_i - 1)
+            } else {
+                tcp_i += 1;
+                ("tcp", tcp_i - 1)
+            };
+            let mut dests = Vec::new();
+            for (di, d) in route.iter().enumerate() {
                 let host = names.fqdn(&d.destination.host, &vs.namespace);
-                let key = DestKey {
-                    host,
-                    port: d
-                        .destination
-                        .port
-                        .as_ref()
-                        .and_then(|p| u16::try_from(p.number).ok()),
-                    subset: d.destination.subset.clone(),
-                    weight: d.weight.unwrap_or(0).max(0) as u32,
-                };
-                dest_refs.push((
-                    key,
-                    vs.origin().clone(),
-                    vs.path(&format!("tcp[{ri}].route[{di}].destination")),
-                ));
-            }
-            for (mi, m) in r.matches.iter().enumerate() {
-                for (gi, g) in m.gateways.iter().enumerate() {
-                    gw_ref(
-                        g,
-                        problems,
-                        vs.path(&format!("tcp[{ri}].match[{mi}].gateways[{gi}]")),
-                    );
-                }
-            }
-        }
-        for (ri, r) in vs.spec.tls.iter().enumerate() {
-            for (mi, m) in r.matches.iter().enumerate() {
-                if m.sni_hosts.is_empty() {
+                let dpath = vs.path(&format!("{kind}[{ri}].route[{di}]"));
+                if d.weight.is_some_and(|w| w < 0) {
                     problems.error(
                         vs.origin(),
-                        vs.path(&format!("tls[{ri}].match[{mi}].sniHosts")),
-                        "sniHosts is required in a tls route match",
+                        format!("{dpath}.weight"),
+                        "weights cannot be negative",
                         None,
                     );
+                    continue;
                 }
-                for (gi, g) in m.gateways.iter().enumerate() {
-                    gw_ref(
-                        g,
-                        problems,
-                        vs.path(&format!("tls[{ri}].match[{mi}].gateways[{gi}]")),
-                    );
-                }
-            }
-            for (di, d) in r.route.iter().enumerate() {
-                let host = names.fqdn(&d.destination.host, &vs.namespace);
                 let key = DestKey {
                     host,
                     port: d
@@ -1686,11 +1902,100 @@ pub fn resolve(model: &mut Model, opts: &IstioOptions, problems: &mut Problems) 
                     weight: d.weight.unwrap_or(0).max(0) as u32,
                 };
                 dest_refs.push((
-                    key,
+                    key.clone(),
                     vs.origin().clone(),
-                    vs.path(&format!("tls[{ri}].route[{di}].destination")),
+                    format!("{dpath}.destination"),
                 ));
+                dests.push(key);
             }
+            let mut kept = Vec::new();
+            for (mi, m) in matches.iter().enumerate() {
+                let mpath = vs.path(&format!("{kind}[{ri}].match[{mi}]"));
+                if is_tls && m.sni_hosts.is_empty() {
+                    problems.error(
+                        vs.origin(),
+                        format!("{mpath}.sniHosts"),
+                        "sniHosts is required in a tls route match",
+                        Some(
+                            "list the SNI names this route takes, e.g. sniHosts: [api.example.com]"
+                                .into(),
+                        ),
+                    );
+                    continue;
+                }
+                if !m.destination_subnets.is_empty() {
+                    problems.error(
+                        vs.origin(),
+                        format!("{mpath}.destinationSubnets"),
+                        "destinationSubnets needs transparent capture of the original destination, which egret does not have",
+                        Some("remove destinationSubnets; egret routes a TCP listener by its port".into()),
+                    );
+                }
+                if !m.source_labels.is_empty() || m.source_namespace.is_some() {
+                    let applies = selects(m.source_labels, &opts.workload_labels)
+                        && m.source_namespace.is_none_or(|ns| ns == proxy_ns);
+                    if !applies {
+                        continue;
+                    }
+                }
+                let port = match m.port {
+                    None => None,
+                    Some(p) => match u16::try_from(p).ok().filter(|p| *p > 0) {
+                        Some(p) => Some(p),
+                        None => {
+                            problems.error(
+                                vs.origin(),
+                                format!("{mpath}.port"),
+                                format!("{p} is not a port number"),
+                                None,
+                            );
+                            continue;
+                        }
+                    },
+                };
+                let gateways = if m.gateways.is_empty() {
+                    None
+                } else {
+                    Some(
+                        m.gateways
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(gi, g)| {
+                                gw_ref(g, problems, format!("{mpath}.gateways[{gi}]"))
+                            })
+                            .collect(),
+                    )
+                };
+                let sni_hosts = m
+                    .sni_hosts
+                    .iter()
+                    .map(|h| names.fqdn(h, &vs.namespace))
+                    .collect();
+                kept.push(L4Match {
+                    port,
+                    gateways,
+                    sni_hosts,
+                });
+            }
+            if !matches.is_empty() && kept.is_empty() {
+                continue;
+            }
+            if dests.is_empty() {
+                problems.error(
+                    vs.origin(),
+                    vs.path(&format!("{kind}[{ri}].route")),
+                    format!("a {kind} route needs at least one destination"),
+                    None,
+                );
+                continue;
+            }
+            l4_routes.push(L4RouteSpec {
+                tls: is_tls,
+                matches: kept,
+                dests,
+                origin: vs.origin().clone(),
+                path: vs.path(&format!("{kind}[{ri}]")),
+            });
         }
         if visible(&vs.spec.export_to, &vs.namespace, proxy_ns) {
             vss.push(VsRoutes {
@@ -1698,6 +2003,7 @@ pub fn resolve(model: &mut Model, opts: &IstioOptions, problems: &mut Problems) 
                 hosts,
                 gateways,
                 routes,
+                l4: l4_routes,
             });
         }
     }
@@ -2169,7 +2475,33 @@ fn build_gateways(
                 );
                 continue;
             }
+            let kind = match (protocol, server.tls.as_ref().and_then(|t| t.mode)) {
+                (p, _) if p.is_opaque_tcp() => GatewayKind::Tcp,
+                (Protocol::Tls | Protocol::Https, Some(ServerTlsMode::Passthrough)) => {
+                    GatewayKind::TlsPassthrough
+                }
+                (Protocol::Tls | Protocol::Https, Some(ServerTlsMode::AutoPassthrough)) => {
+                    problems.error(
+                        gw.origin(),
+                        format!("{spath}.tls.mode"),
+                        "AUTO_PASSTHROUGH routes by Istio's mTLS SNI (outbound_.PORT_.SUBSET_.HOST), which needs a mesh identity egret does not have",
+                        Some("use PASSTHROUGH with a VirtualService tls route (sniHosts)".into()),
+                    );
+                    continue;
+                }
+                (Protocol::Tls, _) => {
+                    problems.error(
+                        gw.origin(),
+                        format!("{spath}.tls.mode"),
+                        "a TLS server is served as passthrough: set tls.mode PASSTHROUGH",
+                        Some("use PASSTHROUGH (route by SNI with a VirtualService tls route), or protocol HTTPS with SIMPLE/MUTUAL to terminate".into()),
+                    );
+                    continue;
+                }
+                _ => GatewayKind::Http,
+            };
             let tls = match (protocol, &server.tls) {
+                _ if kind != GatewayKind::Http => None,
                 (p, None) if p.is_http() => None,
                 (p, Some(t)) if p.is_http() => {
                     if t.https_redirect == Some(true) {
@@ -2243,9 +2575,22 @@ fn build_gateways(
                 name: format!("{ip}_{port}"),
                 address,
                 port,
+                kind,
                 tls: tls.clone(),
                 servers: Vec::new(),
             });
+            if entry.kind != kind {
+                problems.error(
+                    gw.origin(),
+                    format!("{spath}.port"),
+                    format!(
+                        "port {port} is served as {:?} by one server and as {kind:?} by another",
+                        entry.kind
+                    ),
+                    Some("use one port per protocol".into()),
+                );
+                continue;
+            }
             if entry.tls.is_some() != tls.is_some() {
                 problems.error(
                     gw.origin(),

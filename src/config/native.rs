@@ -13,8 +13,8 @@ use serde::Deserialize;
 use super::diag::{Origin, Problems};
 use super::spec::{Dur, EndpointSpec, PortSpec, TrafficPolicySpec};
 use super::{
-    AccessLogConfig, DnsConfig, IpFamily, ListenerDecl, Model, OutboundPolicy, PolicyDecl,
-    PortDecl, Protocol, Resolution, ServiceDecl, Source, check_host,
+    AccessLogConfig, DnsConfig, IpFamily, ListenerDecl, ListenerKind, Model, OutboundPolicy,
+    PolicyDecl, PortDecl, Protocol, Resolution, ServiceDecl, Source, check_host,
 };
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +42,10 @@ pub struct ListenerSpec {
     /// of taking the port from the request's authority.
     #[serde(default)]
     pub port: Option<u32>,
+    /// HTTP (default), TCP (opaque bytes to the one TCP destination on `port`) or TLS
+    /// (passthrough, routed by the ClientHello's SNI over the TLS/HTTPS destinations on `port`).
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +213,34 @@ fn lower(
                 }
             },
         };
+        let kind = match l
+            .protocol
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            None | Some("HTTP") => ListenerKind::Http,
+            Some("TCP") => ListenerKind::Tcp,
+            Some("TLS") => ListenerKind::Tls,
+            Some(other) => {
+                problems.error(
+                    origin,
+                    format!("{path}.protocol"),
+                    format!("unknown listener protocol \"{other}\""),
+                    Some("use HTTP, TCP or TLS".into()),
+                );
+                continue;
+            }
+        };
+        if kind != ListenerKind::Http && port.is_none() {
+            problems.error(
+                origin,
+                format!("{path}.port"),
+                format!("a {kind:?} listener needs the destination port it serves"),
+                Some("add port: <the destinations' port number>".into()),
+            );
+            continue;
+        }
         model.listeners.push(ListenerDecl {
             name: l.name.clone().unwrap_or_else(|| match port {
                 Some(p) => format!("{}_{p}", address.ip()),
@@ -216,6 +248,7 @@ fn lower(
             }),
             address,
             port,
+            kind,
             origin: origin.clone(),
         });
     }
