@@ -450,7 +450,7 @@ async fn connect_tunnel(
                     finish.rec.requested_server_name = Some(name.clone());
                     prefix = bytes;
                     (name != host).then(|| {
-                        format!("sni_mismatch:the_tunnel_is_for_\"{host}\"_but_the_ClientHello_names_\"{name}\"")
+                        format!("sni_mismatch:the_tunnel_is_for_'{host}'_but_the_ClientHello_names_'{name}'")
                     })
                 }
                 Ok((bytes, Hello::NoSni)) if host.parse::<std::net::IpAddr>().is_ok() => {
@@ -458,7 +458,7 @@ async fn connect_tunnel(
                     None
                 }
                 Ok((_, Hello::NoSni)) => Some(format!(
-                    "sni_missing:the_tunnel_is_for_\"{host}\"_but_the_ClientHello_names_no_server"
+                    "sni_missing:the_tunnel_is_for_'{host}'_but_the_ClientHello_names_no_server"
                 )),
                 Ok((_, _)) => Some(format!(
                     "not_tls:{host}:{port}_is_a_TLS_port_but_the_tunnel_does_not_start_with_a_ClientHello"

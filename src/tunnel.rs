@@ -204,6 +204,8 @@ struct Side<S> {
     activity: Arc<AtomicU64>,
     epoch: Instant,
     error: Option<SideError>,
+    /// The peer sent its FIN (a read returned end of stream).
+    eof: bool,
     /// Upstream only: the cluster's byte counters.
     stats: Option<Arc<ClusterStats>>,
 }
@@ -222,6 +224,7 @@ impl<S> Side<S> {
             activity,
             epoch,
             error: None,
+            eof: false,
             stats,
         }
     }
@@ -263,6 +266,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Side<S> {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let n = (buf.filled().len() - before) as u64;
+                if n == 0 && buf.remaining() > 0 {
+                    this.eof = true;
+                }
                 this.read += n;
                 if let Some(s) = &this.stats {
                     s.cx_rx_bytes.fetch_add(n, Ordering::Relaxed);
@@ -272,7 +278,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Side<S> {
             }
             // A peer that closes TCP without close_notify: the data it sent is complete as far
             // as TCP says; treat it as the end of the stream, as Envoy does.
-            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                this.eof = true;
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Err(e)) => {
                 this.fail(&e);
                 Poll::Ready(Err(e))
@@ -417,21 +426,18 @@ where
                         out.flags |= Flags::UF;
                         out.transport_failure = Some(t.to_string());
                     }
+                    // A reset after the upstream's own FIN is the end of an ordinary close.
+                    None if up.eof => {}
                     None => {
                         out.flags |= Flags::UC;
-                        out.termination = Some(format!(
-                            "upstream_reset:{}",
-                            e.text.split_whitespace().collect::<Vec<_>>().join("_")
-                        ));
+                        out.termination = Some(format!("upstream_reset:{}", underscored(&e.text)));
                     }
                 }
-            } else {
-                out.flags |= Flags::DC;
-                let why = down.error.take().map_or_else(
-                    || "downstream_reset".to_string(),
-                    |e| e.text.split_whitespace().collect::<Vec<_>>().join("_"),
-                );
-                out.termination = Some(format!("downstream_reset:{why}"));
+            } else if let Some(e) = down.error.take() {
+                // A client that resets instead of closing: Envoy's tcp_proxy treats it as an
+                // ordinary close (no flag). Clients do this routinely (closing a socket with
+                // unread TLS session tickets sends RST), so only the details record it.
+                out.termination = Some(format!("downstream_reset:{}", underscored(&e.text)));
             }
         }
     }
@@ -479,7 +485,7 @@ pub async fn serve(mut stream: TcpStream, ctx: ConnCtx, rt: Arc<Runtime>, l4: Ar
     }
     let Some((cluster, route_name)) = l4.pick(sni.as_deref()) else {
         let why = format!(
-            "sni_not_allowed:no_route_or_declared_host_for_\"{}\"",
+            "sni_not_allowed:no_route_or_declared_host_for_'{}'",
             sni.as_deref().unwrap_or("-")
         );
         return refuse(&rt, rec, &why);
@@ -498,25 +504,29 @@ pub async fn serve(mut stream: TcpStream, ctx: ConnCtx, rt: Arc<Runtime>, l4: Ar
 
 /// Connects upstream, pumps, and writes the connection's log line and metrics.
 #[allow(clippy::too_many_arguments)]
-async fn splice<D>(
+async fn splice(
     rt: &Arc<Runtime>,
-    down: D,
+    down: TcpStream,
     prefix: &[u8],
     pool: &Arc<ClusterPool>,
     host: &str,
     port: u16,
     originate_tls: bool,
     mut rec: AccessRecord,
-) where
-    D: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     rec.upstream_cluster = Some(pool.cluster_name());
-    let (up, conn) = match pool
-        .open_stream(&rt.upstream, host, port, originate_tls)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return fail(rt, rec, pool, host, &e),
+    let open = pool.open_stream(&rt.upstream, host, port, originate_tls);
+    let (up, conn) = tokio::select! {
+        r = open => match r {
+            Ok(c) => c,
+            Err(e) => return fail(rt, rec, pool, host, &e),
+        },
+        // The client went away while egret was still connecting: Envoy's DC.
+        () = closed(&down) => {
+            rec.flags |= Flags::DC;
+            rec.termination_details = Some("downstream_closed_while_connecting_upstream".into());
+            return finish(rt, rec, Some(pool), host);
+        }
     };
     pool.stats.cx_active.fetch_add(1, Ordering::Relaxed);
     record_upstream(&mut rec, &conn);
@@ -538,6 +548,16 @@ async fn splice<D>(
     rec.transport_failure = r.transport_failure;
     rec.termination_details = r.termination;
     finish(rt, rec, Some(pool), host);
+}
+
+/// Resolves when the client closes or resets the connection without sending anything more;
+/// never when it sends data (that waits in the socket for the pump).
+async fn closed(s: &TcpStream) {
+    let mut b = [0u8; 1];
+    match s.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// The upstream connection's facts for the log.
@@ -566,13 +586,7 @@ fn fail(rt: &Arc<Runtime>, mut rec: AccessRecord, pool: &ClusterPool, host: &str
         rec.termination_details = Some(format!(
             "{}:{}",
             e.code(),
-            e.body()
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join("_")
+            underscored(e.body().lines().last().unwrap_or_default())
         ));
     }
     if let ProxyError::Connect(c) = e {
@@ -581,6 +595,14 @@ fn fail(rt: &Arc<Runtime>, mut rec: AccessRecord, pool: &ClusterPool, host: &str
     }
     tracing::debug!(cluster = %pool.cluster.name, code = e.code(), "TCP upstream failed");
     finish(rt, rec, Some(pool), host);
+}
+
+/// Text for a log field that is not quoted: words joined with `_`, no double quotes.
+pub fn underscored(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join("_")
+        .replace('"', "'")
 }
 
 /// Writes the log line and the istio_tcp_* metrics.

@@ -459,6 +459,11 @@ impl EgretProcess {
         self.stderr.lock().expect("lock").clone()
     }
 
+    /// Every stdout line (the access log) so far, without waiting.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().expect("lock").clone()
+    }
+
     /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
     pub fn status_kib(&self, field: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

@@ -16,7 +16,8 @@ pub use dns::TestDns;
 pub use pki::{Leaf, Pki};
 #[allow(unused_imports)]
 pub use upstream::{
-    Rotator, Upstream, UpstreamOptions, start_plain, start_tls, start_tls_at, start_tls_rotatable,
+    ECHO_TRAILER, EchoServer, Rotator, Upstream, UpstreamOptions, start_echo_plain, start_echo_tls,
+    start_plain, start_tls, start_tls_at, start_tls_rotatable,
 };
 
 pub mod harness;

@@ -549,3 +549,171 @@ fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (contents, rest) = input.split_at(len);
     Some((tag, contents, rest))
 }
+
+/// What [`start_echo_tls`] / [`start_echo_plain`] write after echoing, once the client's
+/// stream ended cleanly (a TLS close_notify, or a TCP FIN in plaintext).
+pub const ECHO_TRAILER: &[u8] = b"bye";
+
+/// An echo server over TLS or plaintext TCP (see [`start_echo_tls`]).
+pub struct EchoServer {
+    pub addr: SocketAddr,
+    /// Accepted TCP connections.
+    pub connections: Arc<AtomicUsize>,
+    /// Completed TLS handshakes (every accepted connection in plaintext).
+    pub handshakes: Arc<AtomicUsize>,
+    /// Connections whose client ended cleanly and got the trailer and a clean close.
+    pub clean_eofs: Arc<AtomicUsize>,
+    /// SNI of each completed TLS handshake (`-` when none was sent).
+    pub snis: Arc<std::sync::Mutex<Vec<String>>>,
+    /// How each connection that did not end cleanly failed (handshake errors, a TCP FIN
+    /// without close_notify, resets, ...).
+    pub errors: Arc<std::sync::Mutex<Vec<String>>>,
+    _handle: ServerHandle,
+}
+
+impl EchoServer {
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    pub fn clean_eofs(&self) -> usize {
+        self.clean_eofs.load(Ordering::SeqCst)
+    }
+
+    pub fn snis(&self) -> Vec<String> {
+        self.snis.lock().expect("lock").clone()
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().expect("lock").clone()
+    }
+}
+
+/// A TLS (tokio-rustls, TLS 1.2/1.3, no ALPN, no client auth) echo server on 127.0.0.1:0
+/// serving `leaf.chain_der`: it echoes everything it reads until the client's close_notify,
+/// then writes [`ECHO_TRAILER`] and closes with close_notify and a FIN. A TCP FIN without
+/// close_notify is an error (recorded in `errors`, no trailer).
+pub async fn start_echo_tls(leaf: &Leaf) -> EchoServer {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .expect("ring provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain_der.clone(), leaf.key_der.clone_key())
+        .expect("echo certificate chain and key are usable by rustls");
+    start_echo(Some(TlsAcceptor::from(Arc::new(config)))).await
+}
+
+/// A plaintext TCP echo server on 127.0.0.1:0: echoes until the client's FIN, then writes
+/// [`ECHO_TRAILER`] and closes.
+pub async fn start_echo_plain() -> EchoServer {
+    start_echo(None).await
+}
+
+async fn start_echo(acceptor: Option<TlsAcceptor>) -> EchoServer {
+    let listener = super::bind_loopback().await;
+    let addr = listener.local_addr().expect("echo server local_addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let clean_eofs = Arc::new(AtomicUsize::new(0));
+    let snis = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let task = {
+        let (connections, handshakes, clean_eofs, snis, errors) = (
+            connections.clone(),
+            handshakes.clone(),
+            clean_eofs.clone(),
+            snis.clone(),
+            errors.clone(),
+        );
+        tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                connections.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, handshakes, clean_eofs, snis, errors) = (
+                    acceptor.clone(),
+                    handshakes.clone(),
+                    clean_eofs.clone(),
+                    snis.clone(),
+                    errors.clone(),
+                );
+                conns.spawn(async move {
+                    let result = match acceptor {
+                        None => {
+                            handshakes.fetch_add(1, Ordering::SeqCst);
+                            echo_until_eof(tcp).await
+                        }
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(tls)) => {
+                                    handshakes.fetch_add(1, Ordering::SeqCst);
+                                    let sni = tls.get_ref().1.server_name().unwrap_or("-");
+                                    snis.lock().expect("lock").push(sni.to_owned());
+                                    echo_until_eof(tls).await
+                                }
+                                Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                                Err(_) => Err("TLS handshake timed out".to_owned()),
+                            }
+                        }
+                    };
+                    match result {
+                        Ok(()) => {
+                            clean_eofs.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => errors.lock().expect("lock").push(e),
+                    }
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        })
+    };
+    EchoServer {
+        addr,
+        connections,
+        handshakes,
+        clean_eofs,
+        snis,
+        errors,
+        _handle: ServerHandle::new(task),
+    }
+}
+
+async fn echo_until_eof<S>(mut s: S) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; CHUNK];
+    let mut total: u64 = 0;
+    loop {
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read after {total} bytes: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        s.write_all(&buf[..n])
+            .await
+            .map_err(|e| format!("echo write after {total} bytes read: {e}"))?;
+    }
+    s.write_all(ECHO_TRAILER)
+        .await
+        .map_err(|e| format!("write the trailer after {total} bytes: {e}"))?;
+    s.shutdown()
+        .await
+        .map_err(|e| format!("shutdown after {total} bytes: {e}"))?;
+    Ok(())
+}
