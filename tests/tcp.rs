@@ -775,7 +775,8 @@ async fn upstream_reset_logs_uc() {
             let mut b = [0u8; 5];
             let _ = s.read_exact(&mut b).await;
             let _ = s.write_all(b"partial").await;
-            let _ = s.set_linger(Some(Duration::ZERO));
+            // SO_LINGER 0: close() sends RST instead of FIN.
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
             drop(s);
         }
     });
