@@ -344,6 +344,62 @@ spec:
             "spec.http[0].fault: fault changes how requests are answered, and egret does not implement it",
         ],
     ),
+    (
+        "a TCP port claimed by two hosts (a sidecar TCP listener cannot tell them apart)",
+        &[
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: kafka-a, namespace: work}
+spec:
+  hosts: [kafka-a.example.com]
+  ports: [{number: 9092, name: tcp-kafka, protocol: TCP}]
+  resolution: DNS
+",
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: kafka-b, namespace: work}
+spec:
+  hosts: [kafka-b.example.com]
+  ports: [{number: 9092, name: tcp-kafka}]
+  resolution: DNS
+",
+        ],
+        &[
+            "TCP port 9092 is declared by kafka-a.example.com and by kafka-b.example.com",
+            "cannot tell them apart",
+            "give each TCP destination its own port number",
+        ],
+    ),
+    (
+        "a tls route without sniHosts, and a tcp route to an undeclared port",
+        &[
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: broker, namespace: work}
+spec:
+  hosts: [broker.example.com]
+  ports: [{number: 9093, name: tls-kafka, protocol: TLS}, {number: 9094, name: tcp-kafka, protocol: TCP}]
+  resolution: DNS
+",
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broker, namespace: work}
+spec:
+  hosts: [broker.example.com]
+  tls:
+    - match: [{port: 9093}]
+      route: [{destination: {host: broker.example.com, port: {number: 9093}}}]
+  tcp:
+    - match: [{port: 9094}]
+      route: [{destination: {host: broker.example.com, port: {number: 9999}}}]
+",
+        ],
+        &[
+            "VirtualService broker: spec.tls[0].match[0].sniHosts: sniHosts is required in a tls route match",
+            "spec.tcp[0].route[0].destination",
+            "9999",
+        ],
+    ),
 ];
 
 #[test]

@@ -677,6 +677,46 @@ async fn tls_echo_half_close_and_64mib_each_way() {
         "{l:?}"
     );
     assert_eq!(echo.clean_eofs(), 2, "errors: {:?}", echo.errors());
+
+    // The same bytes in the metrics: Envoy's cluster counters and Istio's TCP series.
+    let text = get(e.listener("stats"), "localhost", "/stats/prometheus")
+        .await
+        .body;
+    let metric = |name: &str, label: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let cluster = "cluster_name=\"outbound|7443||echo.example.com\"";
+    // Upstream bytes include TLS framing, so at least the payload each way.
+    let tx = metric("envoy_cluster_upstream_cx_tx_bytes_total", cluster);
+    let rx = metric("envoy_cluster_upstream_cx_rx_bytes_total", cluster);
+    assert!(
+        tx >= (TOTAL + 5) as f64 && rx >= (TOTAL + 8) as f64,
+        "tx {tx} rx {rx}\n{text}"
+    );
+    assert_eq!(
+        metric("envoy_cluster_upstream_cx_total", cluster),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric("envoy_cluster_upstream_cx_active", cluster),
+        0.0,
+        "{text}"
+    );
+    let svc = "destination_service=\"echo.example.com\"";
+    assert_eq!(
+        metric("istio_tcp_connections_closed_total", svc),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric("istio_tcp_received_bytes_total", svc),
+        (TOTAL + 5) as f64,
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
