@@ -495,11 +495,24 @@ impl AccessLogConfig {
 }
 
 /// Connect-time overrides from the command line (`--resolve`, `--connect-to`), like curl's.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamOverrides {
     /// Lowercase host -> addresses, used instead of DNS.
     pub resolve: HashMap<String, Vec<IpAddr>>,
     pub connect_to: Vec<ConnectTo>,
+    /// TLS session resumption toward upstreams (tickets / session IDs, kept in memory);
+    /// `--no-tls-resumption` turns it off.
+    pub tls_resumption: bool,
+}
+
+impl Default for UpstreamOverrides {
+    fn default() -> Self {
+        UpstreamOverrides {
+            resolve: HashMap::new(),
+            connect_to: Vec::new(),
+            tls_resumption: true,
+        }
+    }
 }
 
 /// `--connect-to HOST:PORT=IP:PORT`: connect to `to` instead, keeping Host, SNI and the name

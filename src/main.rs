@@ -53,6 +53,9 @@ struct RunArgs {
     /// name, like curl's --connect-to (repeatable; an empty HOST or PORT matches any).
     #[arg(long = "connect-to", value_name = "HOST:PORT=IP:PORT")]
     connect_to: Vec<String>,
+    /// Do not resume TLS sessions with upstreams (every new connection makes a full handshake).
+    #[arg(long)]
+    no_tls_resumption: bool,
     /// What to do with hosts that are not declared: REGISTRY_ONLY (502) or ALLOW_ANY (pass through).
     #[arg(long, value_name = "POLICY")]
     outbound_policy: Option<String>,
@@ -405,6 +408,7 @@ async fn run(
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut signals = Signals::new();
+    let mut commands_open = true;
     let why = loop {
         tokio::select! {
             sig = signals.next() => match sig {
@@ -418,13 +422,15 @@ async fn run(
                     reload(&mut app, &loader, &mut watched, &mut seen);
                 }
             },
-            cmd = app.commands.recv() => match cmd {
+            // With --admin off nothing sends commands: the closed channel must not be polled
+            // again (it is always ready and would spin the loop).
+            cmd = app.commands.recv(), if commands_open => match cmd {
                 Some(egret::admin::Command::Quit) => break "POST /quitquitquit",
                 Some(egret::admin::Command::DrainListeners) => {
                     tracing::info!("POST /drain_listeners: not ready, no longer accepting connections");
                     app.drain_listeners();
                 }
-                None => {}
+                None => commands_open = false,
             },
             _ = tick.tick(), if !watch_every.is_zero() => {
                 if fingerprint(&watched) != seen {
@@ -642,6 +648,7 @@ fn overrides(args: &RunArgs, params: Vec<(String, String)>) -> Result<Overrides,
     for c in &args.connect_to {
         o.upstream.connect_to.push(ConnectTo::parse(c)?);
     }
+    o.upstream.tls_resumption = !args.no_tls_resumption;
     if let Some(p) = &args.outbound_policy {
         o.outbound_policy =
             Some(OutboundPolicy::parse(p).map_err(|e| format!("--outbound-policy: {e}"))?);

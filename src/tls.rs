@@ -160,7 +160,14 @@ impl TlsContexts {
             let ctx = cache
                 .entry(key)
                 .or_insert_with(|| {
-                    TlsContext::new(policy.clone(), &provider, &mut problems).map(Arc::new)
+                    TlsContext::new(policy.clone(), &provider, &mut problems).map(|mut c| {
+                        if !config.upstream_overrides.tls_resumption {
+                            let mut base = (*c.base).clone();
+                            base.resumption = rustls::client::Resumption::disabled();
+                            c.base = Arc::new(base);
+                        }
+                        Arc::new(c)
+                    })
                 })
                 .clone();
             // Different SNI etc. with the same material: same rustls config, own policy.

@@ -788,3 +788,41 @@ async fn sighup_reload_keeps_listeners_and_applies_the_new_routes() {
     let st = blocking(move || egret.wait_exit(10)).await.expect("exits");
     assert!(st.success());
 }
+
+/// CPU ticks (utime + stime) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0)
+}
+
+/// An idle egret uses no CPU, with the operational servers on or off (a closed admin command
+/// channel once made the main loop spin at 100 % of a core with `--admin off`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_egret_does_not_spin() {
+    for extra in [
+        &["--admin", "off", "--ready", "off", "--stats", "off"][..],
+        &[][..],
+    ] {
+        let mut args = vec![
+            "run",
+            "--outbound-listen",
+            "127.0.0.1:0",
+            "--concurrency",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let egret = EgretProcess::start(&args);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = cpu_ticks(egret.pid());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let used = cpu_ticks(egret.pid()) - before;
+        // A spinning loop burns ~200 ticks in 2 s; an idle process 0-2.
+        assert!(
+            used < 50,
+            "{used} CPU ticks in 2 s of idling with {extra:?}"
+        );
+    }
+}
