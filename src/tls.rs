@@ -93,7 +93,11 @@ pub struct CertInfo {
 /// Everything needed to originate TLS for one policy.
 pub struct TlsContext {
     pub policy: Arc<TlsPolicy>,
+    /// The rustls config without ALPN and with `http/1.1`. Shared by every connection (never
+    /// cloned per connection): rustls resumes a session only under the very same verifier and
+    /// client-certificate resolver, so both must be the same objects across connections.
     base: Arc<ClientConfig>,
+    base_h1: Arc<ClientConfig>,
     client_key: Option<Arc<CertifiedKey>>,
     /// `CN=orders-svc (issuer "Acme Client CA")`, for messages.
     client_desc: Option<String>,
@@ -162,9 +166,11 @@ impl TlsContexts {
                 .or_insert_with(|| {
                     TlsContext::new(policy.clone(), &provider, &mut problems).map(|mut c| {
                         if !config.upstream_overrides.tls_resumption {
-                            let mut base = (*c.base).clone();
-                            base.resumption = rustls::client::Resumption::disabled();
-                            c.base = Arc::new(base);
+                            for base in [&mut c.base, &mut c.base_h1] {
+                                let mut cfg = (**base).clone();
+                                cfg.resumption = rustls::client::Resumption::disabled();
+                                *base = Arc::new(cfg);
+                            }
                         }
                         Arc::new(c)
                     })
@@ -178,6 +184,7 @@ impl TlsContexts {
                     Arc::new(TlsContext {
                         policy: policy.clone(),
                         base: c.base.clone(),
+                        base_h1: c.base_h1.clone(),
                         client_key: c.client_key.clone(),
                         client_desc: c.client_desc.clone(),
                         roots: c.roots.clone(),
@@ -317,14 +324,16 @@ impl TlsContext {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(Recorder {
-                key: None,
-                seen: Arc::new(ConnTls::default()),
+                key: client_key.clone(),
             }));
+        let mut h1 = config.clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         let material = reader.hash();
         Some(TlsContext {
             fingerprint: fingerprint(&policy, material),
             policy,
             base: Arc::new(config),
+            base_h1: Arc::new(h1),
             client_key,
             client_desc,
             roots: Arc::new(roots_desc),
@@ -347,15 +356,26 @@ impl TlsContext {
             client_cert_sent: self.client_key.is_some(),
             ..ConnTls::default()
         });
-        let mut config = (*self.base).clone();
-        config.client_auth_cert_resolver = Arc::new(Recorder {
-            key: self.client_key.clone(),
-            seen: seen.clone(),
-        });
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let config = match alpn {
+            [] => self.base.clone(),
+            [p] if *p == b"http/1.1" => self.base_h1.clone(),
+            other => {
+                let mut c = (*self.base).clone();
+                c.alpn_protocols = other.iter().map(|p| p.to_vec()).collect();
+                Arc::new(c)
+            }
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
         let name_for_msgs = server_name.to_str().into_owned();
-        match connector.connect(server_name, io).into_fallible().await {
+        let mut handshake = std::pin::pin!(connector.connect(server_name, io).into_fallible());
+        let result = std::future::poll_fn(|cx| {
+            HANDSHAKE.with(|h| *h.borrow_mut() = Some(seen.clone()));
+            let r = handshake.as_mut().poll(cx);
+            HANDSHAKE.with(|h| *h.borrow_mut() = None);
+            r
+        })
+        .await;
+        match result {
             Ok(stream) => {
                 let (_, conn) = stream.get_ref();
                 if let Some(v) = conn.protocol_version() {
@@ -958,7 +978,13 @@ impl ConnTls {
 #[derive(Debug)]
 struct Recorder {
     key: Option<Arc<CertifiedKey>>,
-    seen: Arc<ConnTls>,
+}
+
+thread_local! {
+    /// The connection whose handshake is being polled on this thread. rustls calls the
+    /// certificate resolver synchronously inside that poll, so the resolver (one per policy,
+    /// shared so sessions can resume) can record the CertificateRequest on the right connection.
+    static HANDSHAKE: std::cell::RefCell<Option<Arc<ConnTls>>> = const { std::cell::RefCell::new(None) };
 }
 
 impl rustls::client::ResolvesClientCert for Recorder {
@@ -971,9 +997,13 @@ impl rustls::client::ResolvesClientCert for Recorder {
             .iter()
             .map(|dn| dn_to_string(dn))
             .collect();
-        if let Ok(mut r) = self.seen.requested.lock() {
-            *r = Some(names);
-        }
+        HANDSHAKE.with(|h| {
+            if let Some(seen) = h.borrow().as_ref()
+                && let Ok(mut r) = seen.requested.lock()
+            {
+                *r = Some(names);
+            }
+        });
         self.key.clone()
     }
 

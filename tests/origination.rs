@@ -511,3 +511,36 @@ async fn bad_tls_material_stops_start_up_naming_the_file() {
         .to_string();
     assert!(msg.contains("cannot read /nonexistent/ca.pem"), "{msg}");
 }
+
+/// A new upstream connection resumes the TLS session of an earlier one (one pool, one rustls
+/// config shared by every connection), and `--no-tls-resumption` makes every handshake full.
+#[tokio::test]
+async fn new_connections_resume_the_tls_session_unless_disabled() {
+    let pki = Pki::new("resume");
+    let leaf = pki.server_leaf(&["api.test"]);
+    for resume in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let upstream = start_tls(UpstreamOptions::from_leaf(&leaf, "resume")).await;
+        let ca = write(dir.path(), "ca.pem", &pki.root_pem());
+        let yaml = format!(
+            "destinations:
+  - hosts: [api.test]
+    ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]
+    trafficPolicy:
+      connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}
+      tls: {{mode: SIMPLE, caCertificates: {ca}}}
+listeners: [{{name: outbound, address: \"127.0.0.1:0\"}}]
+"
+        );
+        let mut o = connect_to("api.test", 443, upstream.addr);
+        o.upstream.tls_resumption = resume;
+        let egret = start_egret(&yaml, o, dir.path()).await;
+        for i in 0..3 {
+            let r = get(egret.addr, "api.test", "/").await;
+            assert_eq!(r.status, 200, "request {i}: {r:?}");
+        }
+        assert_eq!(upstream.handshakes(), 3, "one connection per request");
+        let expected = if resume { 2 } else { 0 };
+        assert_eq!(upstream.resumed(), expected, "resumption {resume}");
+    }
+}

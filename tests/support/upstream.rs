@@ -86,6 +86,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicUsize>,
     /// HTTP requests received.
     pub requests: Arc<AtomicUsize>,
+    /// TLS handshakes that resumed an earlier session.
+    pub resumed: Arc<AtomicUsize>,
     pub name: String,
     _handle: ServerHandle,
 }
@@ -107,6 +109,10 @@ impl Upstream {
         self.requests.load(Ordering::SeqCst)
     }
 
+    pub fn resumed(&self) -> usize {
+        self.resumed.load(Ordering::SeqCst)
+    }
+
     /// `127.0.0.1:{port}`.
     pub fn authority(&self) -> String {
         self.addr.to_string()
@@ -119,6 +125,7 @@ struct Counters {
     failed_handshakes: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    resumed: Arc<AtomicUsize>,
 }
 
 /// Per-connection facts reported in response headers.
@@ -238,6 +245,9 @@ async fn start_tls_inner(name_s: String, bind: SocketAddr, rotator: Rotator) -> 
                         };
                     counters.handshakes.fetch_add(1, Ordering::SeqCst);
                     let session = tls.get_ref().1;
+                    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        counters.resumed.fetch_add(1, Ordering::SeqCst);
+                    }
                     let info = ConnInfo {
                         name,
                         id,
@@ -266,6 +276,7 @@ async fn start_tls_inner(name_s: String, bind: SocketAddr, rotator: Rotator) -> 
         failed_handshakes: counters.failed_handshakes,
         connections: counters.connections,
         requests: counters.requests,
+        resumed: counters.resumed,
         name: name_s,
         _handle: ServerHandle::new(task),
     }
@@ -310,6 +321,7 @@ pub async fn start_plain(name: &str) -> Upstream {
         failed_handshakes: counters.failed_handshakes,
         connections: counters.connections,
         requests: counters.requests,
+        resumed: counters.resumed,
         name: name.to_owned(),
         _handle: ServerHandle::new(task),
     }
