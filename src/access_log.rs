@@ -11,8 +11,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime};
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
@@ -651,6 +650,12 @@ impl LogFormat {
     /// Formats one line (with its trailing newline).
     pub fn format(&self, rec: &AccessRecord) -> String {
         let mut out = String::with_capacity(320);
+        self.format_into(rec, &mut out);
+        out
+    }
+
+    /// Appends the record's line to `out`.
+    pub fn format_into(&self, rec: &AccessRecord, out: &mut String) {
         match &self.kind {
             FormatKind::Text(t) => {
                 for tok in &t.tokens {
@@ -658,10 +663,10 @@ impl LogFormat {
                         Token::Literal(s) => out.push_str(s),
                         Token::Op { op, max_len } => {
                             let start = out.len();
-                            if !self.write_op(&mut out, op, rec) {
+                            if !self.write_op(out, op, rec) {
                                 out.push('-');
                             }
-                            truncate(&mut out, start, *max_len);
+                            truncate(out, start, *max_len);
                         }
                     }
                 }
@@ -673,7 +678,7 @@ impl LogFormat {
                     if i > 0 {
                         out.push(',');
                     }
-                    json_string(&mut out, k);
+                    json_string(out, k);
                     out.push(':');
                     // A value that is one operator keeps its type (number / null).
                     if let [Token::Op { op, max_len }] = t.tokens.as_slice() {
@@ -689,7 +694,7 @@ impl LogFormat {
                         {
                             out.push_str(&scratch);
                         } else {
-                            json_string(&mut out, &scratch);
+                            json_string(out, &scratch);
                         }
                     } else {
                         scratch.clear();
@@ -705,13 +710,12 @@ impl LogFormat {
                                 }
                             }
                         }
-                        json_string(&mut out, &scratch);
+                        json_string(out, &scratch);
                     }
                 }
                 out.push_str("}\n");
             }
         }
-        out
     }
 
     /// Writes the operator's value; `false` = no value (printed `-`, or `null` in JSON).
@@ -1216,10 +1220,13 @@ pub enum Sink {
     Writer(Box<dyn std::io::Write + Send>),
 }
 
-/// The access log: a compiled format and a bounded queue to the writer thread.
+/// The access log: a compiled format, and a bounded in-memory buffer that a writer thread
+/// drains. Requests only append to the buffer (no syscall, no thread wake-up per line); the
+/// writer flushes it every [`FLUSH_INTERVAL`] (Envoy flushes access logs every second), or at
+/// once when it holds [`FLUSH_BYTES`]. When the buffer is full, lines are dropped and counted.
 pub struct AccessLog {
     pub format: LogFormat,
-    tx: Option<SyncSender<Msg>>,
+    shared: Option<Arc<Shared>>,
     pub dropped: Arc<AtomicU64>,
     pub written: Arc<AtomicU64>,
 }
@@ -1230,21 +1237,42 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
-enum Msg {
-    Line(String),
-    Reopen,
-    Flush(std::sync::mpsc::Sender<()>),
+struct Shared {
+    state: Mutex<Pending>,
+    wake: Condvar,
+    /// Most bytes the buffer may hold.
+    capacity: usize,
 }
 
-/// Lines that may wait for the writer; beyond that they are dropped and counted.
-pub const QUEUE_LINES: usize = 16 * 1024;
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    lines: u64,
+    reopen: bool,
+    /// Flush requests: the writer bumps `flushed` to this once written.
+    flush_wanted: u64,
+    flushed: u64,
+    closed: bool,
+}
+
+/// Lines that may wait for the writer, in bytes (about 16k Istio lines); beyond that they are
+/// dropped and counted.
+pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// How often the writer writes what has accumulated.
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// A buffer this full is written at once.
+const FLUSH_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+}
 
 impl AccessLog {
     /// A log that writes nothing (`accessLogFile: ""`).
     pub fn disabled() -> AccessLog {
         AccessLog {
             format: LogFormat::istio_text(),
-            tx: None,
+            shared: None,
             dropped: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
         }
@@ -1252,16 +1280,15 @@ impl AccessLog {
 
     /// Starts the writer thread. A file that cannot be opened is an error (at start-up).
     pub fn start(sink: Sink, format: LogFormat) -> std::io::Result<AccessLog> {
-        Self::start_with_queue(sink, format, QUEUE_LINES)
+        Self::start_with_capacity(sink, format, QUEUE_BYTES)
     }
 
-    /// Like [`AccessLog::start`] with a queue of `lines` lines.
-    pub fn start_with_queue(
+    /// Like [`AccessLog::start`] with a buffer of `bytes` bytes.
+    pub fn start_with_capacity(
         mut sink: Sink,
         format: LogFormat,
-        lines: usize,
+        bytes: usize,
     ) -> std::io::Result<AccessLog> {
-        let (tx, rx) = sync_channel::<Msg>(lines);
         let written = Arc::new(AtomicU64::new(0));
         let out = match std::mem::replace(&mut sink, Sink::Stdout) {
             Sink::Writer(w) => w,
@@ -1271,20 +1298,25 @@ impl AccessLog {
                 o
             }
         };
-        let w = written.clone();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            capacity: bytes,
+        });
+        let (w, sh) = (written.clone(), shared.clone());
         std::thread::Builder::new()
             .name("egret-access-log".into())
-            .spawn(move || writer(rx, sink, out, w))?;
+            .spawn(move || writer(sh, sink, out, w))?;
         Ok(AccessLog {
             format,
-            tx: Some(tx),
+            shared: Some(shared),
             dropped: Arc::new(AtomicU64::new(0)),
             written,
         })
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.tx.is_some()
+        self.shared.is_some()
     }
 
     /// Whether this log writes `format`.
@@ -1292,32 +1324,71 @@ impl AccessLog {
         self.format.source == format.source
     }
 
-    /// Queues the record's line; never blocks.
+    /// Appends the record's line to the buffer; never blocks on I/O.
     pub fn log(&self, rec: &AccessRecord) {
-        let Some(tx) = &self.tx else { return };
-        let line = self.format.format(rec);
-        match tx.try_send(Msg::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+        let Some(shared) = &self.shared else { return };
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            self.format.format_into(rec, &mut line);
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.buf.len() + line.len() > shared.capacity {
+                drop(st);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-        }
+            st.buf.extend_from_slice(line.as_bytes());
+            st.lines += 1;
+            if st.buf.len() >= FLUSH_BYTES {
+                shared.wake.notify_one();
+            }
+        });
     }
 
     /// Reopens a file sink (SIGUSR1, for logrotate).
     pub fn reopen(&self) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.try_send(Msg::Reopen);
+        if let Some(shared) = &self.shared {
+            shared
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reopen = true;
+            shared.wake.notify_one();
         }
     }
 
-    /// Waits until every queued line is written (tests, shutdown).
+    /// Waits (up to 5 s) until every line logged so far is written (tests, shutdown).
     pub fn flush(&self) {
-        if let Some(tx) = &self.tx {
-            let (done_tx, done_rx) = std::sync::mpsc::channel();
-            if tx.send(Msg::Flush(done_tx)).is_ok() {
-                let _ = done_rx.recv_timeout(std::time::Duration::from_secs(5));
+        let Some(shared) = &self.shared else { return };
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.flush_wanted += 1;
+        let ticket = st.flush_wanted;
+        shared.wake.notify_all();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while st.flushed < ticket && !st.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
+            st = match shared.wake.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    /// Writes what is buffered and stops the writer (a reload that changes the log, or exit).
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            self.flush();
+            shared
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .closed = true;
+            shared.wake.notify_all();
         }
     }
 }
@@ -1342,43 +1413,49 @@ fn open(sink: &Sink) -> std::io::Result<Out> {
     })
 }
 
-fn writer(rx: Receiver<Msg>, sink: Sink, out: Out, written: Arc<AtomicU64>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let out_lock = Mutex::new(());
+fn writer(shared: Arc<Shared>, sink: Sink, mut out: Out, written: Arc<AtomicU64>) {
+    let mut spare: Vec<u8> = Vec::new();
     loop {
-        let msg = match rx.try_recv() {
-            Ok(m) => m,
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                let _ = out.flush();
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                }
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.buf.len() < FLUSH_BYTES && !st.reopen && st.flush_wanted == st.flushed && !st.closed {
+            st = match shared.wake.wait_timeout(st, FLUSH_INTERVAL) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        // Take the buffer; requests keep appending to the (empty) spare meanwhile.
+        std::mem::swap(&mut st.buf, &mut spare);
+        let lines = std::mem::take(&mut st.lines);
+        let reopen = std::mem::take(&mut st.reopen);
+        let ticket = st.flush_wanted;
+        let closed = st.closed;
+        drop(st);
+        if !spare.is_empty() {
+            if out.write_all(&spare).is_ok() {
+                written.fetch_add(lines, Ordering::Relaxed);
             }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-        };
-        let _guard = out_lock.lock();
-        match msg {
-            Msg::Line(l) => {
-                if out.write_all(l.as_bytes()).is_ok() {
-                    written.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Msg::Reopen if matches!(sink, Sink::File(_)) => {
-                let _ = out.flush();
-                match open(&sink) {
-                    Ok(o) => out = std::io::BufWriter::with_capacity(64 * 1024, o),
-                    Err(e) => tracing::error!("{e}; still writing to the old file"),
-                }
-            }
-            Msg::Reopen => {}
-            Msg::Flush(done) => {
-                let _ = out.flush();
-                let _ = done.send(());
+            let _ = out.flush();
+            spare.clear();
+            // Do not keep a burst's worth of memory for ever.
+            if spare.capacity() > 4 * FLUSH_BYTES {
+                spare = Vec::new();
             }
         }
+        if reopen && matches!(sink, Sink::File(_)) {
+            match open(&sink) {
+                Ok(o) => out = o,
+                Err(e) => tracing::error!("{e}; still writing to the old file"),
+            }
+        }
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.flushed < ticket {
+            st.flushed = ticket;
+            shared.wake.notify_all();
+        }
+        if closed && st.buf.is_empty() {
+            return;
+        }
     }
-    let _ = out.flush();
 }
 
 #[cfg(test)]
@@ -1517,10 +1594,12 @@ mod tests {
         }
         let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
         let held = gate.lock().expect("lock");
-        let log = AccessLog::start_with_queue(
+        let line = LogFormat::istio_text().format(&record()).len();
+        // Room for 8 lines.
+        let log = AccessLog::start_with_capacity(
             Sink::Writer(Box::new(Stalled(gate.clone()))),
             LogFormat::istio_text(),
-            8,
+            8 * line,
         )
         .expect("starts");
         let rec = record();
@@ -1533,11 +1612,11 @@ mod tests {
             "logging must not wait for the writer"
         );
         let dropped = log.dropped.load(Ordering::Relaxed);
-        // At most the queue (8) and what fits in the writer's 64 KiB buffer got through.
-        let line = LogFormat::istio_text().format(&rec).len() as u64;
+        // The writer is stalled on its first write: at most two buffers' worth (the one being
+        // written and the one filling) got through.
         assert!(
-            dropped >= 1000 - 8 - (64 * 1024 / line + 2),
-            "the queue overflowed: dropped {dropped}"
+            dropped >= 1000 - 16,
+            "the buffer overflowed: dropped {dropped}"
         );
         drop(held);
         log.flush();

@@ -94,8 +94,24 @@ async fn readiness_goes_from_not_ready_to_ready_to_draining() {
     ]);
     let ready = egret.addr;
 
-    let r = get(ready, "localhost", "/healthz/ready").await;
-    assert_eq!(r.status, 503, "{r:?}");
+    // 503 from the first answer on; the reason moves from "configuration not loaded yet" to
+    // the TLS material egret is blocked reading (the FIFO).
+    let mut r = get(ready, "localhost", "/healthz/ready").await;
+    for _ in 0..100 {
+        assert_eq!(r.status, 503, "{r:?}");
+        if r.body
+            .contains("loading TLS material and binding listeners")
+        {
+            break;
+        }
+        assert!(
+            r.body.contains("configuration not loaded yet"),
+            "{}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r = get(ready, "localhost", "/healthz/ready").await;
+    }
     assert!(
         r.body
             .contains("loading TLS material and binding listeners"),

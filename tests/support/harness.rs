@@ -391,9 +391,17 @@ impl EgretProcess {
                 }
             }
         }
+        // Started early, the address is the readiness server's (the operational servers may be
+        // announced in any order); otherwise the first proxy listener's.
         let addr = listeners
             .iter()
-            .find(|(n, _)| !OPS.contains(&n.as_str()))
+            .find(|(n, _)| {
+                if wait_for_proxy {
+                    !OPS.contains(&n.as_str())
+                } else {
+                    n == "readiness"
+                }
+            })
             .or_else(|| listeners.first())
             .map(|(_, a)| *a)
             .expect("a listener");
