@@ -726,7 +726,7 @@ impl LogFormat {
         let num = |out: &mut String, v: Option<u128>| -> bool {
             match v {
                 Some(v) => {
-                    let _ = write!(out, "{v}");
+                    push_u128(out, v);
                     true
                 }
                 None => false,
@@ -735,7 +735,7 @@ impl LogFormat {
         let addr = |out: &mut String, a: Option<SocketAddr>| -> bool {
             match a {
                 Some(a) => {
-                    let _ = write!(out, "{a}");
+                    push_addr(out, a);
                     true
                 }
                 None => false,
@@ -1047,21 +1047,80 @@ fn to_owned_item(i: chrono::format::Item<'_>) -> chrono::format::Item<'static> {
     }
 }
 
+/// Appends `v` in decimal (without `core::fmt`, which costs several times more per number).
+fn push_u128(out: &mut String, mut v: u128) {
+    let mut buf = [0u8; 39];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+/// Appends `v` zero-padded to `width` digits.
+fn push_padded(out: &mut String, v: u32, width: usize) {
+    let mut buf = [b'0'; 10];
+    let mut i = buf.len();
+    let mut v = v;
+    while v > 0 && i > 0 {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let start = (buf.len() - width).min(i);
+    out.push_str(std::str::from_utf8(&buf[start..]).unwrap_or("0"));
+}
+
+/// Appends `ip:port` as `SocketAddr`'s Display does (`[v6]:port` for IPv6).
+fn push_addr(out: &mut String, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u128(out, u128::from(*o));
+            }
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+            return;
+        }
+    }
+    out.push(':');
+    push_u128(out, u128::from(a.port()));
+}
+
 fn write_time(out: &mut String, t: SystemTime, f: &TimeFmt) {
     let dt: DateTime<Utc> = t.into();
     match f {
         TimeFmt::Default => {
-            let _ = write!(
-                out,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                dt.year(),
-                dt.month(),
-                dt.day(),
-                dt.hour(),
-                dt.minute(),
-                dt.second(),
-                dt.timestamp_subsec_millis()
-            );
+            // %Y-%m-%dT%H:%M:%S.%3fZ, by hand (this runs once per request).
+            let year = dt.year();
+            if (0..=9999).contains(&year) {
+                push_padded(out, year as u32, 4);
+            } else {
+                let _ = write!(out, "{year:04}");
+            }
+            for (sep, v) in [
+                ('-', dt.month()),
+                ('-', dt.day()),
+                ('T', dt.hour()),
+                (':', dt.minute()),
+                (':', dt.second()),
+            ] {
+                out.push(sep);
+                push_padded(out, v, 2);
+            }
+            out.push('.');
+            push_padded(out, dt.timestamp_subsec_millis().min(999), 3);
+            out.push('Z');
         }
         TimeFmt::Custom(items) => {
             let _ = write!(out, "{}", dt.format_with_items(items.iter()));
@@ -1626,6 +1685,42 @@ mod tests {
             1000,
             "every line is either written or counted as dropped"
         );
+    }
+
+    #[test]
+    fn hand_written_number_and_address_formatting_matches_display() {
+        for v in [0u128, 7, 10, 99, 100, 65535, 1_666_549_713_789, u128::MAX] {
+            let mut s = String::new();
+            push_u128(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
+        for (v, w, want) in [
+            (7, 2, "07"),
+            (2026, 4, "2026"),
+            (5, 3, "005"),
+            (0, 2, "00"),
+            (123, 2, "123"),
+        ] {
+            let mut s = String::new();
+            push_padded(&mut s, v, w);
+            assert_eq!(s, want);
+        }
+        for a in [
+            "10.128.2.35:3000",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:443",
+            "[fe80::1]:80",
+        ] {
+            let addr: SocketAddr = a.parse().expect("addr");
+            let mut s = String::new();
+            push_addr(&mut s, addr);
+            assert_eq!(s, addr.to_string());
+        }
+        let mut s = String::new();
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_666_549_713_789);
+        write_time(&mut s, t, &TimeFmt::Default);
+        assert_eq!(s, "2022-10-23T18:28:33.789Z");
     }
 
     #[test]

@@ -180,7 +180,14 @@ pub fn runtime(
         .metrics
         .insecure_destinations
         .store(insecure, Ordering::Relaxed);
+    let listener_index = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.key(), i))
+        .collect();
     Ok(Runtime {
+        listener_index,
         upstream: UpstreamCtx {
             dns,
             overrides: config.upstream_overrides.clone(),

@@ -77,11 +77,8 @@ pub async fn serve_http(
                 };
                 let (acceptor, l4) = {
                     let rt = state.load();
-                    match rt.config.listeners.iter().position(|l| l.key() == key) {
-                        Some(i) => (
-                            rt.listener_tls.get(i).cloned().flatten(),
-                            rt.config.listeners[i].l4.clone(),
-                        ),
+                    match rt.listener(&key) {
+                        Some((i, l)) => (rt.listener_tls.get(i).cloned().flatten(), l.l4.clone()),
                         None => (None, None),
                     }
                 };

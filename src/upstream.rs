@@ -74,6 +74,8 @@ pub struct ClusterPool {
     alpn: &'static [&'static [u8]],
     pub(crate) name: Arc<str>,
     strip_port: bool,
+    /// `destination()` for clusters whose host does not come from the request.
+    fixed_destination: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl std::fmt::Debug for ClusterPool {
@@ -157,7 +159,8 @@ impl ClusterPool {
                 .any(|e| e.port.is_some_and(|p| p != cluster.port)),
             Endpoints::Static(a) => a.iter().any(|a| a.port() != cluster.port),
         };
-        ClusterPool {
+        let mut pool = ClusterPool {
+            fixed_destination: None,
             name: Arc::from(cluster.name.as_str()),
             strip_port: tls.is_some() && connect_port_differs,
             cluster,
@@ -167,7 +170,11 @@ impl ClusterPool {
             rr: AtomicUsize::new(0),
             server_name,
             alpn,
+        };
+        if pool.server_name.is_some() && !pool.cluster.host_from_request() {
+            pool.fixed_destination = Some(pool.compute_destination(""));
         }
+        pool
     }
 
     /// (host, address, idle connections, requests in flight) for every address used so far.
@@ -197,6 +204,13 @@ impl ClusterPool {
 
     /// Istio's `destination_service` and `destination_service_namespace` for a request.
     pub fn destination(&self, host: &str) -> (Arc<str>, Arc<str>) {
+        if let Some(d) = &self.fixed_destination {
+            return d.clone();
+        }
+        self.compute_destination(host)
+    }
+
+    fn compute_destination(&self, host: &str) -> (Arc<str>, Arc<str>) {
         let service: Arc<str> = if self.cluster.name == "PassthroughCluster" {
             Arc::from("PassthroughCluster")
         } else if self.server_name.is_some() || self.cluster.host.contains('*') && host.is_empty() {
