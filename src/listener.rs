@@ -177,7 +177,10 @@ async fn serve_conn<IO>(
     let svc = service_fn(move |req| {
         let rt = svc_state.load_full();
         let ctx = svc_ctx.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(rt, &ctx, req).await) }
+        // Boxed: hyper keeps the service future's allocation for the connection's lifetime
+        // (in_flight), so an idle keep-alive connection would hold the whole request state
+        // machine. Boxing it per request costs one allocation and keeps idle connections small.
+        async move { Ok::<_, Infallible>(Box::pin(proxy::handle(rt, &ctx, req)).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await
