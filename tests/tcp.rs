@@ -1245,3 +1245,68 @@ async fn connect_refuses_undeclared_and_sni_mismatch() {
         recorder.connections.load(Ordering::SeqCst)
     );
 }
+
+/// Under ALLOW_ANY a CONNECT to an undeclared host is tunnelled too (PassthroughCluster, route
+/// `allow_any`), still with the ClientHello's SNI checked against the CONNECT host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_under_allow_any_reaches_undeclared_hosts() {
+    let pki = Pki::new("connect-any");
+    let upstream = start_tls(UpstreamOptions::from_leaf(
+        &pki.server_leaf(&["any.example.org"]),
+        "any",
+    ))
+    .await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let ca = write(
+        dir,
+        "ca.pem",
+        &format!("{}{}", pki.root_pem(), pki.intermediate_pem()),
+    );
+    // Nothing declares any.example.org.
+    let cfg = write(
+        dir,
+        "any.yaml",
+        &service_entry("api.example.com", 443, "https", "HTTPS"),
+    );
+    let connect = format!("any.example.org:443={}", upstream.addr);
+    let e = sidecar(
+        &cfg,
+        &strings(&["--connect-to", &connect, "--outbound-policy", "ALLOW_ANY"]),
+    );
+    let proxy = format!("http://{}", e.listener("outbound"));
+    let (p2, ca2) = (proxy.clone(), ca.clone());
+    let (code, out, err) =
+        blocking(move || curl(&["-x", &p2, "--cacert", &ca2, "https://any.example.org/"])).await;
+    assert_eq!(code, 0, "{err}\negret stderr: {:#?}", e.stderr());
+    assert_eq!(out, "hello from any\n");
+    let l = log_entry(&e, 1).await;
+    assert_eq!((l.method.as_str(), l.code), ("CONNECT", 200), "{l:?}");
+    assert_eq!(l.cluster, "PassthroughCluster", "{l:?}");
+    assert_eq!(l.route, "allow_any", "{l:?}");
+    assert_eq!(l.sni, "any.example.org", "{l:?}");
+
+    // The same policy still refuses a ClientHello for another name than the CONNECT host.
+    let handshakes = upstream.handshakes();
+    let (code, _, err) = blocking(move || {
+        curl(&[
+            "-x",
+            &proxy,
+            "--cacert",
+            &ca,
+            "--connect-to",
+            "evil.example.net:443:any.example.org:443",
+            "https://evil.example.net/",
+        ])
+    })
+    .await;
+    assert_ne!(code, 0, "{err}");
+    let l = log_entry(&e, 2).await;
+    assert_eq!(l.flags, "NR", "{l:?}");
+    assert!(l.termination.starts_with("sni_mismatch:"), "{l:?}");
+    assert_eq!(
+        upstream.handshakes(),
+        handshakes,
+        "no handshake reached the upstream"
+    );
+}
