@@ -310,16 +310,7 @@ impl ClusterPool {
             }
 
             // A new connection.
-            if let Some(max) = self.cluster.max_connections
-                && self.stats.cx_active.load(Ordering::Relaxed) >= u64::from(max)
-            {
-                self.stats.cx_overflow.fetch_add(1, Ordering::Relaxed);
-                return Err(ProxyError::Overflow {
-                    cluster: self.cluster.name.clone(),
-                    max,
-                }
-                .into());
-            }
+            self.check_capacity()?;
             match self.dial(addr, host, true).await {
                 Err(DialError::Fatal(e)) => return Err(e.into()),
                 Err(DialError::Attempt(e)) => last = Some((addr, e)),
@@ -387,15 +378,7 @@ impl ClusterPool {
         let mut last = None;
         for attempt in 0..tries {
             let addr = addrs.get((start + attempt) % n);
-            if let Some(max) = self.cluster.max_connections
-                && self.stats.cx_active.load(Ordering::Relaxed) >= u64::from(max)
-            {
-                self.stats.cx_overflow.fetch_add(1, Ordering::Relaxed);
-                return Err(ProxyError::Overflow {
-                    cluster: self.cluster.name.clone(),
-                    max,
-                });
-            }
+            self.check_capacity()?;
             match self.dial(addr, host, originate_tls).await {
                 Ok((io, transport)) => {
                     let conn = Arc::new(ConnInfo {
@@ -410,6 +393,20 @@ impl ClusterPool {
             }
         }
         Err(self.connect_failure(host, last, tries))
+    }
+
+    /// The circuit breaker (`connectionPool.tcp.maxConnections`): no new connection beyond it.
+    fn check_capacity(&self) -> Result<(), ProxyError> {
+        if let Some(max) = self.cluster.max_connections
+            && self.stats.cx_active.load(Ordering::Relaxed) >= u64::from(max)
+        {
+            self.stats.cx_overflow.fetch_add(1, Ordering::Relaxed);
+            return Err(ProxyError::Overflow {
+                cluster: self.cluster.name.clone(),
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// One connection attempt to `addr` (TCP, then TLS when the cluster has a policy and

@@ -1527,6 +1527,45 @@ pub fn resolve(model: &mut Model, opts: &IstioOptions, problems: &mut Problems) 
                 None
             }
         };
+        // What HTTP, TCP and TLS route matches share: sourceLabels/sourceNamespace (does the
+        // match apply to this proxy at all), port and gateways. `None`: it does not apply here,
+        // or it is invalid (reported).
+        let scope = |labels: &BTreeMap<String, String>,
+                     ns: Option<&str>,
+                     port: Option<u32>,
+                     gateways: &[String],
+                     mpath: &str,
+                     problems: &mut Problems|
+         -> Option<(Option<u16>, Option<Vec<GwKey>>)> {
+            if (!labels.is_empty() || ns.is_some())
+                && !(selects(labels, &opts.workload_labels) && ns.is_none_or(|n| n == proxy_ns))
+            {
+                return None;
+            }
+            let port = match port {
+                None => None,
+                Some(p) => match u16::try_from(p).ok().filter(|p| *p > 0) {
+                    Some(p) => Some(p),
+                    None => {
+                        problems.error(
+                            vs.origin(),
+                            format!("{mpath}.port"),
+                            format!("{p} is not a port number"),
+                            None,
+                        );
+                        return None;
+                    }
+                },
+            };
+            let gws = (!gateways.is_empty()).then(|| {
+                gateways
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, g)| gw_ref(g, problems, format!("{mpath}.gateways[{i}]")))
+                    .collect()
+            });
+            Some((port, gws))
+        };
         let gateways: Vec<GwKey> = if vs.spec.gateways.is_empty() {
             vec![MESH.to_string()]
         } else {
@@ -1650,42 +1689,15 @@ pub fn resolve(model: &mut Model, opts: &IstioOptions, problems: &mut Problems) 
                         rm.query_params.push((k.clone(), sm));
                     }
                 }
-                if !m.source_labels.is_empty() || m.source_namespace.is_some() {
-                    let applies = selects(&m.source_labels, &opts.workload_labels)
-                        && m.source_namespace
-                            .as_deref()
-                            .is_none_or(|ns| ns == proxy_ns);
-                    if !applies {
-                        continue;
-                    }
-                }
-                let port = match m.port {
-                    None => None,
-                    Some(p) => match u16::try_from(p).ok().filter(|p| *p > 0) {
-                        Some(p) => Some(p),
-                        None => {
-                            problems.error(
-                                vs.origin(),
-                                format!("{mpath}.port"),
-                                format!("{p} is not a port number"),
-                                None,
-                            );
-                            continue;
-                        }
-                    },
-                };
-                let mgws = if m.gateways.is_empty() {
-                    None
-                } else {
-                    Some(
-                        m.gateways
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(i, g)| {
-                                gw_ref(g, problems, format!("{mpath}.gateways[{i}]"))
-                            })
-                            .collect(),
-                    )
+                let Some((port, mgws)) = scope(
+                    &m.source_labels,
+                    m.source_namespace.as_deref(),
+                    m.port,
+                    &m.gateways,
+                    &mpath,
+                    problems,
+                ) else {
+                    continue;
                 };
                 matches.push(MatchSpec {
                     m: rm,
@@ -1931,40 +1943,15 @@ pub fn resolve(model: &mut Model, opts: &IstioOptions, problems: &mut Problems) 
                         Some("remove destinationSubnets; egret routes a TCP listener by its port".into()),
                     );
                 }
-                if !m.source_labels.is_empty() || m.source_namespace.is_some() {
-                    let applies = selects(m.source_labels, &opts.workload_labels)
-                        && m.source_namespace.is_none_or(|ns| ns == proxy_ns);
-                    if !applies {
-                        continue;
-                    }
-                }
-                let port = match m.port {
-                    None => None,
-                    Some(p) => match u16::try_from(p).ok().filter(|p| *p > 0) {
-                        Some(p) => Some(p),
-                        None => {
-                            problems.error(
-                                vs.origin(),
-                                format!("{mpath}.port"),
-                                format!("{p} is not a port number"),
-                                None,
-                            );
-                            continue;
-                        }
-                    },
-                };
-                let gateways = if m.gateways.is_empty() {
-                    None
-                } else {
-                    Some(
-                        m.gateways
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(gi, g)| {
-                                gw_ref(g, problems, format!("{mpath}.gateways[{gi}]"))
-                            })
-                            .collect(),
-                    )
+                let Some((port, gateways)) = scope(
+                    m.source_labels,
+                    m.source_namespace,
+                    m.port,
+                    m.gateways,
+                    &mpath,
+                    problems,
+                ) else {
+                    continue;
                 };
                 let sni_hosts = m
                     .sni_hosts
