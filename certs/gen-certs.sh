@@ -19,6 +19,8 @@
 #   untrusted-chain.crt/.key  self-signed upstream.test (not under root-ca)
 #   expired-chain.crt/.key    upstream.test leaf, valid chain, expired in 2020
 #   leaf-only.crt             server leaf WITHOUT the intermediate (chain incomplete)
+#   -- the seed manifests' names (/etc/istio/egress-certs) --
+#   ca.pem, crt.pem, key.pem  root+intermediate, client chain, client key
 set -euo pipefail
 DIR=${1:?usage: certs.sh DIR}
 KEY_TYPE=${KEY_TYPE:-ec}
@@ -135,6 +137,13 @@ CNF
 fi
 [[ -f expired-chain.crt ]] || cat expired.crt int-ca.crt > expired-chain.crt
 chmod 644 *.crt
+
+# The file names the seed manifests mount at /etc/istio/egress-certs (use with
+# --mount /etc/istio/egress-certs=DIR): ca.pem = root + intermediate (the seed's advice),
+# crt.pem = client chain, key.pem = client key.
+[[ -f ca.pem ]] || cat ca.crt int-ca.crt > ca.pem
+[[ -f crt.pem ]] || cp client-chain.crt crt.pem
+[[ -f key.pem ]] || { cp client.key key.pem; chmod 600 key.pem; }
 
 # sanity: chain must verify
 openssl verify -CAfile ca.crt -untrusted int-ca.crt server.crt >/dev/null
