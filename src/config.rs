@@ -866,6 +866,7 @@ pub enum ListenerKind {
 pub(crate) type DefaultRoute = (u16, String, ClusterId, Option<Duration>, String);
 
 /// A declared host on a port that is not HTTP (TCP, TLS, HTTPS).
+#[derive(Clone)]
 pub(crate) struct L4Port {
     pub port: u16,
     pub host: String,
@@ -931,6 +932,14 @@ fn declared_l4(
                         None,
                     )],
                 });
+            }
+            if hosts.hosts.is_empty() && policy == OutboundPolicy::RegistryOnly {
+                problems.warn(
+                    &decl.origin,
+                    format!("listeners[{}]", decl.name),
+                    format!("no destination declares an HTTPS or TLS port {port}: under REGISTRY_ONLY every connection to this listener will be refused"),
+                    Some(format!("declare the hosts with a port {{number: {port}, protocol: TLS}} (or HTTPS)")),
+                );
             }
             Some(L4Routes::Sni {
                 port,
@@ -1229,9 +1238,20 @@ fn build(mut model: Model, overrides: &Overrides, problems: &mut Problems) -> Co
             .tcp_listen_address
             .unwrap_or(DEFAULT_TCP_LISTEN_ADDRESS);
         let bind_ports = &overrides.istio.bind_ports;
+        // Ports a declared `protocol: TCP` listener already serves get no automatic one.
+        let declared: Vec<u16> = decls
+            .iter()
+            .filter(|d| d.kind == ListenerKind::Tcp)
+            .filter_map(|d| d.port)
+            .collect();
+        let auto: Vec<L4Port> = l4_ports
+            .iter()
+            .filter(|p| !declared.contains(&p.port))
+            .cloned()
+            .collect();
         tcp_listeners(
             &mut listeners,
-            &l4_ports,
+            &auto,
             ip,
             bind_ports,
             model.routing.as_ref(),

@@ -1310,3 +1310,94 @@ async fn connect_under_allow_any_reaches_undeclared_hosts() {
         "no handshake reached the upstream"
     );
 }
+
+/// egret's own YAML: a `protocol: TLS` listener routes by SNI over the destinations declared on
+/// its port (passthrough), and a `protocol: TCP` listener carries bytes to the one TCP
+/// destination of its port, originating the destination's TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_tls_and_tcp_listeners() {
+    let pki = Pki::new("native-l4");
+    let leaf = pki.server_leaf(&["api.example.com", "echo.example.com"]);
+    let upstream = start_tls(UpstreamOptions::from_leaf(&leaf, "native")).await;
+    let echo = start_echo_tls(&leaf).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let ca = write(
+        dir,
+        "ca.pem",
+        &format!("{}{}", pki.root_pem(), pki.intermediate_pem()),
+    );
+    let cfg = write(
+        dir,
+        "native.yaml",
+        &format!(
+            "listeners:
+  - {{name: tls, address: \"127.0.0.1:0\", port: 443, protocol: TLS}}
+  - {{name: tcp, address: \"127.0.0.1:0\", port: 7100, protocol: TCP}}
+destinations:
+  - hosts: [api.example.com]
+    ports: [{{number: 443, name: tls, protocol: TLS}}]
+  - hosts: [echo.example.com]
+    ports: [{{number: 7100, name: tcp-echo, protocol: TCP}}]
+    trafficPolicy:
+      tls: {{mode: SIMPLE, caCertificates: {ca}}}
+"
+        ),
+    );
+    let api = format!("api.example.com:443={}", upstream.addr);
+    let echo_to = format!("echo.example.com:7100={}", echo.addr);
+    let e = egret(&strings(&[
+        "run",
+        "-c",
+        &cfg,
+        "--outbound-listen",
+        "127.0.0.1:0",
+        "--connect-to",
+        &api,
+        "--connect-to",
+        &echo_to,
+    ]));
+    assert!(
+        !e.listeners.iter().any(|(n, _)| n.ends_with("_7100")),
+        "the declared TCP listener serves port 7100; no automatic one: {:?}",
+        e.listeners
+    );
+    let tls = e.listener("tls");
+    let to = format!("api.example.com:443:127.0.0.1:{}", tls.port());
+    let (code, out, err) = blocking(move || {
+        curl(&[
+            "--cacert",
+            &ca,
+            "--connect-to",
+            &to,
+            "https://api.example.com/",
+        ])
+    })
+    .await;
+    assert_eq!(code, 0, "{err}\negret stderr: {:#?}", e.stderr());
+    assert_eq!(out, "hello from native\n");
+
+    let mut s = TcpStream::connect(e.listener("tcp"))
+        .await
+        .expect("connect to egret");
+    s.write_all(b"ping").await.expect("write");
+    s.shutdown().await.expect("half-close");
+    let (got, err) = read_until_closed(&mut s, 10).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, [b"ping".as_slice(), ECHO_TRAILER].concat());
+    let lines = [log_entry(&e, 1).await, log_entry(&e, 2).await];
+    let tcp = lines
+        .iter()
+        .find(|l| l.cluster == "outbound|7100||echo.example.com")
+        .expect("a line for the TCP listener");
+    assert_eq!(
+        (tcp.flags.as_str(), tcp.bytes_received),
+        ("-", 4),
+        "{tcp:?}"
+    );
+    let sni = lines
+        .iter()
+        .find(|l| l.cluster == "outbound|443||api.example.com")
+        .expect("a line for the TLS listener");
+    assert_eq!(sni.sni, "api.example.com", "{sni:?}");
+}
