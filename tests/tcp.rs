@@ -146,6 +146,26 @@ spec:
     )
 }
 
+/// `root + intermediate` in `dir/ca.pem`: what a client needs when the server sends its leaf and
+/// intermediate.
+fn ca_bundle(pki: &Pki, dir: &Path) -> String {
+    write(
+        dir,
+        "ca.pem",
+        &format!("{}{}", pki.root_pem(), pki.intermediate_pem()),
+    )
+}
+
+/// A TLS origin for `host` (answering "hello from `name`"), a scratch directory, and the CA
+/// bundle that verifies the origin, in it.
+async fn tls_origin(label: &str, host: &str, name: &str) -> (Upstream, tempfile::TempDir, String) {
+    let pki = Pki::new(label);
+    let upstream = start_tls(UpstreamOptions::from_leaf(&pki.server_leaf(&[host]), name)).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = ca_bundle(&pki, tmp.path());
+    (upstream, tmp, ca)
+}
+
 // ---------------------------------------------------------------------------------------------
 // a. redis-server over mutual TLS
 
@@ -899,19 +919,8 @@ async fn client_leaving_during_upstream_connect_logs_dc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_tls_passthrough_by_sni() {
-    let pki = Pki::new("passthrough");
-    let upstream = start_tls(UpstreamOptions::from_leaf(
-        &pki.server_leaf(&["api.example.com"]),
-        "api",
-    ))
-    .await;
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (upstream, tmp, ca) = tls_origin("passthrough", "api.example.com", "api").await;
     let dir = tmp.path();
-    let ca = write(
-        dir,
-        "ca.pem",
-        &format!("{}{}", pki.root_pem(), pki.intermediate_pem()),
-    );
     let yaml = format!(
         "apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -1090,19 +1099,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_tunnel_to_declared_https_host() {
-    let pki = Pki::new("connect");
-    let upstream = start_tls(UpstreamOptions::from_leaf(
-        &pki.server_leaf(&["api.example.com"]),
-        "api",
-    ))
-    .await;
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (upstream, tmp, ca) = tls_origin("connect", "api.example.com", "api").await;
     let dir = tmp.path();
-    let ca = write(
-        dir,
-        "ca.pem",
-        &format!("{}{}", pki.root_pem(), pki.intermediate_pem()),
-    );
     let cfg = write(
         dir,
         "connect.yaml",
@@ -1250,19 +1248,8 @@ async fn connect_refuses_undeclared_and_sni_mismatch() {
 /// `allow_any`), still with the ClientHello's SNI checked against the CONNECT host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_under_allow_any_reaches_undeclared_hosts() {
-    let pki = Pki::new("connect-any");
-    let upstream = start_tls(UpstreamOptions::from_leaf(
-        &pki.server_leaf(&["any.example.org"]),
-        "any",
-    ))
-    .await;
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (upstream, tmp, ca) = tls_origin("connect-any", "any.example.org", "any").await;
     let dir = tmp.path();
-    let ca = write(
-        dir,
-        "ca.pem",
-        &format!("{}{}", pki.root_pem(), pki.intermediate_pem()),
-    );
     // Nothing declares any.example.org.
     let cfg = write(
         dir,
@@ -1322,11 +1309,7 @@ async fn native_tls_and_tcp_listeners() {
     let echo = start_echo_tls(&leaf).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let ca = write(
-        dir,
-        "ca.pem",
-        &format!("{}{}", pki.root_pem(), pki.intermediate_pem()),
-    );
+    let ca = ca_bundle(&pki, dir);
     let cfg = write(
         dir,
         "native.yaml",

@@ -2514,12 +2514,13 @@ fn build_gateways(
                         problems.error(gw.origin(), format!("{spath}.tls.mode"), "ISTIO_MUTUAL needs an Istio mesh identity, which egret does not have", Some("use SIMPLE or MUTUAL with serverCertificate/privateKey or credentialName".into()));
                         continue;
                     }
+                    // Passthrough modes were taken above: what is left is a missing mode.
                     _ => {
                         problems.error(
                             gw.origin(),
                             format!("{spath}.tls.mode"),
-                            "TLS passthrough gateway servers are not served by egret's HTTP listeners",
-                            Some("terminate TLS (mode SIMPLE or MUTUAL) or use an HTTP server".into()),
+                            "an HTTPS server's tls has no mode",
+                            Some("set SIMPLE or MUTUAL (egret terminates TLS) or PASSTHROUGH (routed by SNI with a VirtualService tls route)".into()),
                         );
                         continue;
                     }
