@@ -596,27 +596,36 @@ impl LogFormat {
         if self.req_headers.is_empty() {
             return;
         }
+        // Pseudo-headers are read from the record when the line is written (see `req_value`);
+        // only real headers are copied (a reference-counted clone, no allocation).
         rec.req = self
             .req_headers
             .iter()
             .map(|k| match k {
                 HeaderKey::Name(n) => headers.get(n).cloned(),
-                HeaderKey::Authority => rec
-                    .authority
-                    .as_deref()
-                    .and_then(|a| HeaderValue::from_str(a).ok())
-                    .or_else(|| headers.get(http::header::HOST).cloned()),
-                HeaderKey::Method => rec
-                    .method
-                    .as_ref()
-                    .and_then(|m| HeaderValue::from_str(m.as_str()).ok()),
-                HeaderKey::Path => rec
-                    .path
-                    .as_deref()
-                    .and_then(|p| HeaderValue::from_str(p).ok()),
-                HeaderKey::Scheme => Some(HeaderValue::from_static(rec.scheme)),
+                HeaderKey::Authority if rec.authority.is_none() => {
+                    headers.get(http::header::HOST).cloned()
+                }
+                _ => None,
             })
             .collect();
+    }
+
+    /// The value of the format's `i`th request header for this record.
+    fn req_value<'a>(&self, rec: &'a AccessRecord, i: usize) -> Option<&'a str> {
+        let captured = || {
+            rec.req
+                .get(i)
+                .and_then(Option::as_ref)
+                .and_then(|v| v.to_str().ok())
+        };
+        match self.req_headers.get(i)? {
+            HeaderKey::Name(_) => captured(),
+            HeaderKey::Authority => rec.authority.as_deref().or_else(captured),
+            HeaderKey::Method => rec.method.as_ref().map(http::Method::as_str),
+            HeaderKey::Path => rec.path.as_deref(),
+            HeaderKey::Scheme => Some(rec.scheme),
+        }
     }
 
     /// Copies the response headers the format uses into the record.
@@ -763,12 +772,10 @@ impl LogFormat {
                 if !rec.http {
                     return false;
                 }
-                let v = rec
-                    .req
-                    .get(*a)
-                    .and_then(Option::as_ref)
-                    .or_else(|| b.and_then(|b| rec.req.get(b).and_then(Option::as_ref)));
-                match v.and_then(|v| v.to_str().ok()) {
+                let v = self
+                    .req_value(rec, *a)
+                    .or_else(|| b.and_then(|b| self.req_value(rec, b)));
+                match v {
                     Some(v) if !v.is_empty() => {
                         let v = if *without_query {
                             v.split('?').next().unwrap_or(v)

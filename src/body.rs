@@ -26,6 +26,10 @@ impl BodyProgress {
     }
 }
 
+/// A request body as it arrives from the client: hyper's body, or `None` for a request that
+/// has none (egret's own HTTP/1 reader only takes those; see `h1`).
+pub type Downstream = Option<Incoming>;
+
 /// The request body sent upstream: the downstream body, counted.
 pub struct RequestBody {
     inner: Option<Incoming>,
@@ -33,13 +37,13 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, progress: Arc<BodyProgress>) -> Self {
-        let done = inner.is_end_stream();
+    pub fn new(inner: Downstream, progress: Arc<BodyProgress>) -> Self {
+        let done = inner.as_ref().is_none_or(Body::is_end_stream);
         if done {
             progress.done.store(true, Ordering::Relaxed);
         }
         RequestBody {
-            inner: (!done).then_some(inner),
+            inner: inner.filter(|_| !done),
             progress,
         }
     }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connect;
 pub mod dns;
 pub mod error;
+pub mod h1;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

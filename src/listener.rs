@@ -95,25 +95,18 @@ pub async fn serve_http(
                     let _open = guard;
                     match acceptor {
                         None => {
-                            let proto = if is_h2c(&stream).await { Proto::H2 } else { Proto::H1 };
-                            serve_conn(stream, proto, ctx, state, builders, stop).await;
+                            if is_h2c(&stream).await {
+                                Box::pin(serve_conn(stream, Proto::H2, ctx, state, builders, stop)).await;
+                                return;
+                            }
+                            // egret's own HTTP/1 loop; hyper takes over for what it does not do.
+                            let mut stop = stop;
+                            if let Some(rest) = crate::h1::serve(stream, &ctx, &state, &mut stop).await {
+                                Box::pin(serve_conn(rest.into_io(), Proto::H1, ctx, state, builders, stop)).await;
+                            }
                         }
                         Some(acc) => {
-                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
-                                Ok(Ok(tls)) => {
-                                    let mut ctx = ctx;
-                                    let session = tls.get_ref().1;
-                                    ctx.sni = session.server_name().map(Arc::from);
-                                    let proto = if session.alpn_protocol() == Some(b"h2") {
-                                        Proto::H2
-                                    } else {
-                                        Proto::H1
-                                    };
-                                    serve_conn(tls, proto, ctx, state, builders, stop).await;
-                                }
-                                Ok(Err(e)) => tracing::debug!(remote = %ctx.remote, "downstream TLS handshake failed: {e}"),
-                                Err(_) => tracing::debug!(remote = %ctx.remote, "downstream TLS handshake timed out"),
-                            }
+                            Box::pin(serve_tls(acc, stream, ctx, state, builders, stop)).await;
                         }
                     }
                 });
@@ -152,7 +145,7 @@ impl Builders {
     }
 }
 
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::h1::HEADER_READ_TIMEOUT;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -212,6 +205,31 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Terminates TLS on an accepted connection and serves HTTP/1.1 or HTTP/2 (by ALPN) on it.
+async fn serve_tls(
+    acc: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    mut ctx: ConnCtx,
+    state: Arc<ArcSwap<Runtime>>,
+    builders: Arc<Builders>,
+    stop: watch::Receiver<bool>,
+) {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let session = tls.get_ref().1;
+            ctx.sni = session.server_name().map(Arc::from);
+            let proto = if session.alpn_protocol() == Some(b"h2") {
+                Proto::H2
+            } else {
+                Proto::H1
+            };
+            serve_conn(tls, proto, ctx, state, builders, stop).await;
+        }
+        Ok(Err(e)) => tracing::debug!(remote = %ctx.remote, "downstream TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!(remote = %ctx.remote, "downstream TLS handshake timed out"),
+    }
+}
+
 /// Serves HTTP on one accepted connection (plain or TLS) until it closes; when `stop` turns
 /// true it finishes the request in flight and closes (keep-alive connections close at once).
 async fn serve_conn<IO>(
@@ -226,13 +244,13 @@ async fn serve_conn<IO>(
 {
     let svc_state = state.clone();
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let rt = svc_state.load_full();
         let ctx = svc_ctx.clone();
         // Boxed: hyper keeps the service future's allocation for the connection's lifetime
         // (in_flight), so an idle keep-alive connection would hold the whole request state
         // machine. Boxing it per request costs one allocation and keeps idle connections small.
-        async move { Ok::<_, Infallible>(Box::pin(proxy::handle(rt, &ctx, req)).await) }
+        async move { Ok::<_, Infallible>(Box::pin(proxy::handle(rt, &ctx, req.map(Some))).await) }
     });
     let io = TokioIo::new(io);
     let result = match proto {

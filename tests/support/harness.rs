@@ -83,6 +83,13 @@ impl Egret {
         );
     }
 
+    /// The first `n` access-log lines, parsed (waits for them).
+    #[allow(dead_code)]
+    pub async fn log_entries(&self, n: usize) -> Vec<LogLine> {
+        let lines = self.wait_log_lines(n).await;
+        lines.iter().take(n).map(|l| LogLine::parse(l)).collect()
+    }
+
     /// The last access-log line, parsed (waits for `n` lines first).
     pub async fn log_entry(&self, n: usize) -> LogLine {
         let lines = self.wait_log_lines(n).await;

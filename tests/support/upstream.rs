@@ -435,6 +435,20 @@ async fn route(req: Request<Incoming>, name: &str) -> Response<UpstreamBody> {
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
             resp
         }
+        (Method::GET, p) if p.starts_with("/chunked/") => {
+            // N bytes of unknown length (sent chunked), in 3 frames, then an `x-total` trailer.
+            let Ok(n) = p["/chunked/".len()..].parse::<u64>() else {
+                return not_found();
+            };
+            Response::new(
+                ChunkedBody {
+                    remaining: n,
+                    frames: 3,
+                    total: n,
+                }
+                .boxed_unsync(),
+            )
+        }
         (Method::GET, p) if p.starts_with("/slow/") => {
             let Ok(ms) = p["/slow/".len()..].parse::<u64>() else {
                 return not_found();
@@ -489,6 +503,43 @@ impl Body for RepeatBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// A body of unknown length: `remaining` bytes over `frames` data frames, then a trailer
+/// `x-total` with the byte count.
+struct ChunkedBody {
+    remaining: u64,
+    frames: u64,
+    total: u64,
+}
+
+impl Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.frames == 0 {
+            return Poll::Ready(None);
+        }
+        if self.remaining == 0 {
+            self.frames = 0;
+            let mut t = http::HeaderMap::new();
+            t.insert("x-total", HeaderValue::from(self.total));
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        let per = self.remaining.div_ceil(self.frames).max(1);
+        let n = usize::try_from(per.min(self.remaining)).map_or(CHUNK, |r| r.min(CHUNK));
+        self.remaining -= n as u64;
+        self.frames = self.frames.saturating_sub(1).max(1);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK_DATA[..n])))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
     }
 }
 
