@@ -1055,7 +1055,31 @@ fn to_owned_item(i: chrono::format::Item<'_>) -> chrono::format::Item<'static> {
 }
 
 /// Appends `v` in decimal (without `core::fmt`, which costs several times more per number).
-fn push_u128(out: &mut String, mut v: u128) {
+/// Numbers that fit 64 bits (all but absurd durations) avoid 128-bit division.
+fn push_u128(out: &mut String, v: u128) {
+    match u64::try_from(v) {
+        Ok(small) => push_u64(out, small),
+        Err(_) => push_u128_slow(out, v),
+    }
+}
+
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
+fn push_u128_slow(out: &mut String, mut v: u128) {
     let mut buf = [0u8; 39];
     let mut i = buf.len();
     loop {
@@ -1092,7 +1116,7 @@ fn push_addr(out: &mut String, a: SocketAddr) {
                 if i > 0 {
                     out.push('.');
                 }
-                push_u128(out, u128::from(*o));
+                push_u64(out, u64::from(*o));
             }
         }
         SocketAddr::V6(_) => {
@@ -1101,7 +1125,7 @@ fn push_addr(out: &mut String, a: SocketAddr) {
         }
     }
     out.push(':');
-    push_u128(out, u128::from(a.port()));
+    push_u64(out, u64::from(a.port()));
 }
 
 fn write_time(out: &mut String, t: SystemTime, f: &TimeFmt) {
