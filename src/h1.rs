@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::body::Downstream;
+use crate::listener::stopped;
 use crate::proxy::{self, ConnCtx, ProxyBody, Runtime};
 
 /// Headers per request, as hyper's default (more: hyper answers 431).
@@ -111,11 +112,6 @@ pub async fn serve(
             return None;
         }
     }
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await.is_ok();
 }
 
 /// Resolves when the client closed (or reset) its connection; pends forever once it sent more
