@@ -1059,28 +1059,21 @@ fn to_owned_item(i: chrono::format::Item<'_>) -> chrono::format::Item<'static> {
 fn push_u128(out: &mut String, v: u128) {
     match u64::try_from(v) {
         Ok(small) => push_u64(out, small),
-        Err(_) => push_u128_slow(out, v),
+        Err(_) => {
+            let _ = write!(out, "{v}");
+        }
     }
 }
 
-fn push_u64(out: &mut String, mut v: u64) {
+fn push_u64(out: &mut String, v: u64) {
     let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
+    for &b in decimal(&mut buf, v) {
         out.push(char::from(b));
     }
 }
 
-fn push_u128_slow(out: &mut String, mut v: u128) {
-    let mut buf = [0u8; 39];
+/// `v` in decimal ASCII digits, written at the end of `buf`.
+pub(crate) fn decimal(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -1090,8 +1083,7 @@ fn push_u128_slow(out: &mut String, mut v: u128) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+    &buf[i..]
 }
 
 /// Appends `v` zero-padded to `width` digits.

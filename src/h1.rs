@@ -313,7 +313,7 @@ fn encode_head(
         match resp.body().size_hint().exact() {
             Some(n) => {
                 out.extend_from_slice(b"content-length: ");
-                push_dec(out, n);
+                out.extend_from_slice(crate::access_log::decimal(&mut [0; 20], n));
                 out.extend_from_slice(b"\r\n");
                 Framing::Length(n)
             }
@@ -454,21 +454,6 @@ fn push_hex(out: &mut Vec<u8>, n: usize) {
         i -= 1;
         tmp[i] = DIGITS[v & 0xf];
         v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
-}
-
-fn push_dec(out: &mut Vec<u8>, n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    let mut v = n;
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (v % 10) as u8;
-        v /= 10;
         if v == 0 {
             break;
         }
