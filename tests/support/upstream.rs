@@ -430,7 +430,7 @@ async fn route(req: Request<Incoming>, name: &str) -> Response<UpstreamBody> {
             let Ok(n) = p["/bytes/".len()..].parse::<u64>() else {
                 return not_found();
             };
-            let mut resp = Response::new(RepeatBody { remaining: n }.boxed_unsync());
+            let mut resp = Response::new(RepeatBody::sized(n).boxed_unsync());
             resp.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
             resp
@@ -440,14 +440,7 @@ async fn route(req: Request<Incoming>, name: &str) -> Response<UpstreamBody> {
             let Ok(n) = p["/chunked/".len()..].parse::<u64>() else {
                 return not_found();
             };
-            Response::new(
-                ChunkedBody {
-                    remaining: n,
-                    frames: 3,
-                    total: n,
-                }
-                .boxed_unsync(),
-            )
+            Response::new(RepeatBody::unsized_in_three(n).boxed_unsync())
         }
         (Method::GET, p) if p.starts_with("/slow/") => {
             let Ok(ms) = p["/slow/".len()..].parse::<u64>() else {
@@ -475,10 +468,37 @@ async fn route(req: Request<Incoming>, name: &str) -> Response<UpstreamBody> {
     }
 }
 
-/// A body of `remaining` bytes produced in 64 KiB chunks on the fly (no
-/// allocation per chunk: every chunk is a slice of one static buffer).
+/// A body of `remaining` bytes produced in chunks of `chunk` bytes (at most 64 KiB) on the fly
+/// (no allocation per chunk: every chunk is a slice of one static buffer). With `exact` the
+/// length is announced (content-length); without it the length is unknown (sent chunked).
+/// `trailer` adds a trailer `x-total` with that value after the data.
 struct RepeatBody {
     remaining: u64,
+    chunk: usize,
+    exact: bool,
+    trailer: Option<u64>,
+}
+
+impl RepeatBody {
+    fn sized(n: u64) -> RepeatBody {
+        RepeatBody {
+            remaining: n,
+            chunk: CHUNK,
+            exact: true,
+            trailer: None,
+        }
+    }
+
+    /// `n` bytes of unknown length in about three frames, then the `x-total` trailer.
+    fn unsized_in_three(n: u64) -> RepeatBody {
+        let third = usize::try_from(n.div_ceil(3)).unwrap_or(CHUNK);
+        RepeatBody {
+            remaining: n,
+            chunk: third.clamp(1, CHUNK),
+            exact: false,
+            trailer: Some(n),
+        }
+    }
 }
 
 impl Body for RepeatBody {
@@ -490,56 +510,27 @@ impl Body for RepeatBody {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.remaining == 0 {
-            return Poll::Ready(None);
+            return Poll::Ready(self.trailer.take().map(|total| {
+                let mut t = http::HeaderMap::new();
+                t.insert("x-total", HeaderValue::from(total));
+                Ok(Frame::trailers(t))
+            }));
         }
-        let n = usize::try_from(self.remaining).map_or(CHUNK, |r| r.min(CHUNK));
+        let n = usize::try_from(self.remaining).map_or(self.chunk, |r| r.min(self.chunk));
         self.remaining -= n as u64;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK_DATA[..n])))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0
+        self.remaining == 0 && self.trailer.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
-    }
-}
-
-/// A body of unknown length: `remaining` bytes over `frames` data frames, then a trailer
-/// `x-total` with the byte count.
-struct ChunkedBody {
-    remaining: u64,
-    frames: u64,
-    total: u64,
-}
-
-impl Body for ChunkedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.frames == 0 {
-            return Poll::Ready(None);
+        if self.exact {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::default()
         }
-        if self.remaining == 0 {
-            self.frames = 0;
-            let mut t = http::HeaderMap::new();
-            t.insert("x-total", HeaderValue::from(self.total));
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
-        }
-        let per = self.remaining.div_ceil(self.frames).max(1);
-        let n = usize::try_from(per.min(self.remaining)).map_or(CHUNK, |r| r.min(CHUNK));
-        self.remaining -= n as u64;
-        self.frames = self.frames.saturating_sub(1).max(1);
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK_DATA[..n])))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
