@@ -17,9 +17,9 @@ work=${WORK:-/tmp/egret-bench}
 export WORK=$work
 mkdir -p "$work"
 
-echo "== building egret (release)"
-(cd "$root" && cargo build --release --quiet)
-bin=$root/target/release/egret
+echo "== building egret (profile dist: fat LTO, one codegen unit)"
+(cd "$root" && cargo build --profile dist --quiet)
+bin=$root/target/dist/egret
 export EGRET_BIN=$bin
 
 echo "== run 1: peers and egret (access log on, 1 worker thread)"

@@ -5,7 +5,7 @@
 # hostname upstream.test. A production configuration: the access log is on, written to a file.
 #
 # Environment (besides the harness's EB_*):
-#   EGRET_BIN          the binary (default: target/release/egret of this checkout)
+#   EGRET_BIN          the binary (default: target/dist/egret of this checkout)
 #   EGRET_THREADS      worker threads (default 1, as the peers' one worker)
 #   EGRET_ACCESS_LOG   access log path (default $EB_WORKDIR/access.log; "off" disables it)
 #   EGRET_RESUMPTION   on (default) | off: TLS session resumption toward the origin
@@ -13,7 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 d=${EB_WORKDIR:?}
 mkdir -p "$d"
-bin=${EGRET_BIN:-$here/../../target/release/egret}
+bin=${EGRET_BIN:-$here/../../target/dist/egret}
 log=${EGRET_ACCESS_LOG:-$d/access.log}
 upstream_host=${EB_UPSTREAM_HOST:-upstream.test}
 simple=${EB_UPSTREAM_SIMPLE:-127.0.0.1:9443}
