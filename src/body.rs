@@ -96,3 +96,53 @@ impl Body for RequestBody {
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
+
+/// A body error, whichever client produced it.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body from the upstream: egret's own HTTP/1.1 client (requests without a body) or
+/// hyper's.
+pub enum UpstreamBody {
+    Relay(crate::h1client::RelayBody),
+    Hyper(Incoming),
+}
+
+impl UpstreamBody {
+    /// The connection for the pool, when this body was read by egret's client to its end and
+    /// the upstream allows reuse.
+    pub fn take_idle(&mut self) -> Option<crate::h1client::RawConn> {
+        match self {
+            UpstreamBody::Relay(b) => b.take_idle(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Relay(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Relay(b) => b.is_end_stream(),
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Relay(b) => b.size_hint(),
+            UpstreamBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}

@@ -373,7 +373,14 @@ async fn write_response(
         let frame = match next {
             None => break,
             Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Err(std::io::Error::other(e)),
+            Some(Err(e)) => {
+                // What arrived goes out before the close, so the client sees a short body
+                // (and its framing tells it so) rather than nothing.
+                if !out.is_empty() {
+                    let _ = stream.write_all(&out).await;
+                }
+                return Err(std::io::Error::other(e));
+            }
         };
         let data = match frame.into_data() {
             Ok(d) => d,
@@ -433,7 +440,7 @@ async fn write_response(
 }
 
 /// Appends `name: value` lines, leaving out `skip`.
-fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap, skip: Option<&HeaderName>) {
+pub(crate) fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap, skip: Option<&HeaderName>) {
     for (name, value) in headers {
         if skip == Some(name) {
             continue;

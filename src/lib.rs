@@ -14,6 +14,7 @@ pub mod connect;
 pub mod dns;
 pub mod error;
 pub mod h1;
+pub mod h1client;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

@@ -17,11 +17,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::admin::Health;
-use crate::body::{BodyProgress, Downstream, RequestBody};
+use crate::body::{BodyError, BodyProgress, Downstream, RequestBody, UpstreamBody};
 use crate::config::{Config, Listener};
 use crate::error::{Flags, ProxyError};
 use crate::metrics::{ClusterStats, ListenerStats, Metrics, RequestReport};
@@ -891,7 +890,7 @@ impl Finish {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -903,6 +902,20 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
+    /// The response went out whole: the access line, and the upstream connection back to the
+    /// pool when egret's client read it.
+    fn complete(&mut self) {
+        if let Some(mut f) = self.finish.take() {
+            if let Inner::Upstream(b) = &mut self.inner
+                && let Some(conn) = b.take_idle()
+                && let Some(lease) = f.lease.as_mut()
+            {
+                lease.give_back(conn);
+            }
+            f.complete(Outcome::Complete);
+        }
+    }
+
     fn is_end(&self) -> bool {
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
@@ -913,12 +926,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Full(b) => match b.take() {
@@ -929,9 +942,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(Frame::data(bytes))))
                 }
                 None => {
-                    if let Some(f) = this.finish.take() {
-                        f.complete(Outcome::Complete);
-                    }
+                    this.complete();
                     Poll::Ready(None)
                 }
             },
@@ -950,9 +961,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => {
-                    if let Some(f) = this.finish.take() {
-                        f.complete(Outcome::Complete);
-                    }
+                    this.complete();
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -981,14 +990,11 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let Some(f) = self.finish.take() {
-            // hyper does not poll bodies it knows are empty (HEAD, 204, 304, content-length 0).
-            let outcome = if self.is_end() {
-                Outcome::Complete
-            } else {
-                Outcome::DownstreamGone
-            };
-            f.complete(outcome);
+        // hyper does not poll bodies it knows are empty (HEAD, 204, 304, content-length 0).
+        if self.is_end() {
+            self.complete();
+        } else if let Some(f) = self.finish.take() {
+            f.complete(Outcome::DownstreamGone);
         }
     }
 }

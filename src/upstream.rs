@@ -13,16 +13,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Request;
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
 use crate::config::{Cluster, Endpoints, LbPolicy, Protocol, UpstreamOverrides};
 use crate::connect::{self, Transport, UpstreamIo};
 use crate::dns::Dns;
 use crate::error::{AttemptError, ConnectFailure, ProxyError};
+use crate::h1client::{ActiveGuard, ExchangeError, RawConn};
 use crate::metrics::{ClusterStats, Metrics};
 use crate::tls::TlsContext;
 
@@ -48,8 +48,14 @@ pub struct ConnInfo {
     pub requests: AtomicU32,
 }
 
+/// A pooled connection, by the client that drives it.
+enum Idle {
+    Relay(RawConn),
+    Hyper(http1::SendRequest<RequestBody>),
+}
+
 struct IdleConn {
-    sender: http1::SendRequest<RequestBody>,
+    kind: Idle,
     conn: Arc<ConnInfo>,
     since: Instant,
 }
@@ -96,7 +102,7 @@ pub struct UpstreamCtx {
 /// A successful exchange: the response head arrived. The lease goes back to the pool when the
 /// response (and request) bodies are complete.
 pub struct Exchange {
-    pub response: http::Response<Incoming>,
+    pub response: http::Response<UpstreamBody>,
     pub conn: Arc<ConnInfo>,
     pub lease: Lease,
 }
@@ -245,6 +251,9 @@ impl ClusterPool {
 
     /// Sends `req` to the cluster. `host` is the routed host (the DNS name and SNI for wildcard
     /// and passthrough clusters), `req_port` the request's port (passthrough).
+    ///
+    /// A request without a body goes through egret's own HTTP/1.1 client (`h1client`); one
+    /// with a body through hyper's.
     pub async fn send(
         self: &Arc<Self>,
         ctx: &UpstreamCtx,
@@ -262,6 +271,7 @@ impl ClusterPool {
         } else {
             host
         };
+        let relay = http_body::Body::is_end_stream(req.body());
         let n = addrs.len();
         let start = self.pick(host_key, &addrs);
         let tries = n.min(MAX_CONNECT_ATTEMPTS);
@@ -269,11 +279,43 @@ impl ClusterPool {
         for attempt in 0..tries {
             let addr = addrs.get((start + attempt) % n);
             // A pooled connection first.
-            while let Some(mut idle) = self.checkout(host_key, addr) {
+            while let Some(idle) = self.checkout(host_key, addr) {
                 if idle.since.elapsed() > self.cluster.idle_timeout {
                     continue;
                 }
-                match tokio::time::timeout(Duration::from_secs(5), idle.sender.ready()).await {
+                let IdleConn { kind, conn, .. } = idle;
+                conn.requests.fetch_add(1, Ordering::Relaxed);
+                let mut sender = match kind {
+                    Idle::Relay(raw) if relay => {
+                        match self.relay(raw, &conn, host_key, addr, &req).await {
+                            Ok(x) => return Ok(x),
+                            // Closed under us before answering: another connection may serve a
+                            // request that is safe to repeat.
+                            Err(e) if e.nothing_received() && is_idempotent(req.method()) => {
+                                self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            Err(e) => {
+                                return Err(self.exchange_error(
+                                    &e,
+                                    e.is_protocol(),
+                                    &conn,
+                                    target_host,
+                                    logical_port,
+                                ));
+                            }
+                        }
+                    }
+                    Idle::Relay(raw) => match self.start_hyper(raw, conn.id).await {
+                        Ok(s) => s,
+                        Err(_) => {
+                            self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    },
+                    Idle::Hyper(sender) => sender,
+                };
+                match tokio::time::timeout(Duration::from_secs(5), sender.ready()).await {
                     Ok(Ok(())) => {}
                     _ => {
                         self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
@@ -281,14 +323,13 @@ impl ClusterPool {
                     }
                 }
                 self.mark_active(host_key, addr, 1);
-                let lease = Lease::new(self.clone(), host_key, addr, idle.conn.clone());
-                match idle.sender.try_send_request(req).await {
+                let lease = Lease::new(self.clone(), host_key, addr, conn.clone());
+                match sender.try_send_request(req).await {
                     Ok(response) => {
-                        idle.conn.requests.fetch_add(1, Ordering::Relaxed);
                         return Ok(Exchange {
-                            response,
-                            conn: idle.conn.clone(),
-                            lease: lease.with_sender(idle.sender),
+                            response: response.map(UpstreamBody::Hyper),
+                            conn,
+                            lease: lease.with_idle(Idle::Hyper(sender)),
                         });
                     }
                     Err(mut e) => match e.take_message() {
@@ -298,9 +339,11 @@ impl ClusterPool {
                             req = r;
                         }
                         None => {
+                            let e = e.into_error();
                             return Err(self.exchange_error(
-                                e.into_error(),
-                                &idle.conn,
+                                &e,
+                                is_parse(&e),
+                                &conn,
                                 target_host,
                                 logical_port,
                             ));
@@ -320,44 +363,99 @@ impl ClusterPool {
                         transport,
                         requests: AtomicU32::new(1),
                     });
-                    let (mut sender, connection) = match http1::Builder::new()
-                        .max_buf_size(1 << 20)
-                        .handshake(TokioIo::new(io))
-                        .await
-                    {
-                        Ok(pair) => pair,
+                    let raw = RawConn::new(io, ActiveGuard::new(&self.stats));
+                    if relay {
+                        return match self.relay(raw, &conn, host_key, addr, &req).await {
+                            Ok(x) => Ok(x),
+                            Err(e) => Err(self.exchange_error(
+                                &e,
+                                e.is_protocol(),
+                                &conn,
+                                target_host,
+                                logical_port,
+                            )),
+                        };
+                    }
+                    let mut sender = match self.start_hyper(raw, conn.id).await {
+                        Ok(s) => s,
                         Err(e) => {
-                            return Err(self.exchange_error(e, &conn, target_host, logical_port));
+                            return Err(self.exchange_error(
+                                &e,
+                                is_parse(&e),
+                                &conn,
+                                target_host,
+                                logical_port,
+                            ));
                         }
                     };
-                    let pool = self.clone();
-                    pool.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-                    let id = conn.id;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(conn = id, "upstream connection ended: {e}");
-                        }
-                        pool.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
-                    });
                     self.mark_active(host_key, addr, 1);
                     let lease = Lease::new(self.clone(), host_key, addr, conn.clone());
                     return match sender.try_send_request(req).await {
                         Ok(response) => Ok(Exchange {
-                            response,
+                            response: response.map(UpstreamBody::Hyper),
                             conn,
-                            lease: lease.with_sender(sender),
+                            lease: lease.with_idle(Idle::Hyper(sender)),
                         }),
-                        Err(e) => Err(self.exchange_error(
-                            e.into_error(),
-                            &conn,
-                            target_host,
-                            logical_port,
-                        )),
+                        Err(e) => {
+                            let e = e.into_error();
+                            Err(self.exchange_error(
+                                &e,
+                                is_parse(&e),
+                                &conn,
+                                target_host,
+                                logical_port,
+                            ))
+                        }
                     };
                 }
             }
         }
         Err(self.connect_failure(host, last, tries).into())
+    }
+
+    /// One exchange through egret's own client. The lease (and with it the connection) comes
+    /// back through the response body.
+    async fn relay(
+        self: &Arc<Self>,
+        raw: RawConn,
+        conn: &Arc<ConnInfo>,
+        host_key: &str,
+        addr: SocketAddr,
+        req: &Request<RequestBody>,
+    ) -> Result<Exchange, ExchangeError> {
+        self.mark_active(host_key, addr, 1);
+        let lease = Lease::new(self.clone(), host_key, addr, conn.clone());
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let (head, body) = raw.send(req.method(), path, req.headers()).await?;
+        let mut response = http::Response::new(UpstreamBody::Relay(body));
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok(Exchange {
+            response,
+            conn: conn.clone(),
+            lease,
+        })
+    }
+
+    /// Hands a connection to hyper's client (a request with a body).
+    async fn start_hyper(
+        &self,
+        raw: RawConn,
+        id: u64,
+    ) -> Result<http1::SendRequest<RequestBody>, hyper::Error> {
+        let (io, active) = raw.into_parts();
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(1 << 20)
+            .handshake(TokioIo::new(io))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(conn = id, "upstream connection ended: {e}");
+            }
+            drop(active);
+        });
+        Ok(sender)
     }
 
     /// Opens a raw stream for TCP proxying: DNS, connect with failover over the addresses (up
@@ -491,14 +589,15 @@ impl ClusterPool {
     /// Maps a failure after the connection was established.
     fn exchange_error(
         &self,
-        e: hyper::Error,
+        e: &(dyn std::error::Error + 'static),
+        parse: bool,
         conn: &Arc<ConnInfo>,
         host: &str,
         port: u16,
     ) -> SendError {
         let server = format!("{host}:{port}");
         let tls = connect::tls_failure_in(
-            &e,
+            e,
             self.tls.as_deref(),
             conn.transport.tls.as_deref(),
             &server,
@@ -508,7 +607,7 @@ impl ClusterPool {
                 .ssl_connection_error
                 .fetch_add(1, Ordering::Relaxed);
             ProxyError::UpstreamTls(t)
-        } else if e.is_parse() || e.is_parse_status() {
+        } else if parse {
             ProxyError::UpstreamProtocol {
                 reason: format!(
                     "{server} ({}) sent an invalid HTTP response: {e}",
@@ -525,7 +624,7 @@ impl ClusterPool {
                 reason: format!(
                     "{server} ({}) closed the connection before sending response headers {first}: {}",
                     conn.transport.remote,
-                    error_chain(&e)
+                    error_chain(e)
                 ),
             }
         };
@@ -639,8 +738,12 @@ impl ClusterPool {
     fn checkout(&self, host_key: &str, addr: SocketAddr) -> Option<IdleConn> {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let ep = map.get_mut(host_key)?.get_mut(&addr)?;
-        while let Some(idle) = ep.idle.pop() {
-            if !idle.sender.is_closed() {
+        while let Some(mut idle) = ep.idle.pop() {
+            let alive = match &mut idle.kind {
+                Idle::Relay(c) => c.is_reusable(),
+                Idle::Hyper(s) => !s.is_closed(),
+            };
+            if alive {
                 return Some(idle);
             }
         }
@@ -681,6 +784,19 @@ fn random_below(n: usize) -> usize {
     (h.finish() % n as u64) as usize
 }
 
+fn is_parse(e: &hyper::Error) -> bool {
+    e.is_parse() || e.is_parse_status()
+}
+
+/// RFC 9110 9.2.2: methods a client may repeat after a connection failed under it.
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -702,7 +818,7 @@ pub struct Lease {
     host_key: Box<str>,
     addr: SocketAddr,
     conn: Arc<ConnInfo>,
-    sender: Option<http1::SendRequest<RequestBody>>,
+    idle: Option<Idle>,
     released: bool,
 }
 
@@ -713,28 +829,37 @@ impl Lease {
             host_key: host_key.into(),
             addr,
             conn,
-            sender: None,
+            idle: None,
             released: false,
         }
     }
 
-    fn with_sender(mut self, sender: http1::SendRequest<RequestBody>) -> Lease {
-        self.sender = Some(sender);
+    fn with_idle(mut self, idle: Idle) -> Lease {
+        self.idle = Some(idle);
         self
+    }
+
+    /// The connection egret's client read the response on, back after the body ended.
+    pub fn give_back(&mut self, conn: RawConn) {
+        self.idle = Some(Idle::Relay(conn));
     }
 
     /// The exchange is over. `reusable`: both bodies completed and nothing asked to close.
     pub fn finish(mut self, reusable: bool) {
         let max = self.pool.cluster.max_requests_per_connection;
         let under_limit = max == 0 || self.conn.requests.load(Ordering::Relaxed) < max;
-        let idle = match self.sender.take() {
-            Some(sender) if reusable && under_limit && !sender.is_closed() => Some(IdleConn {
-                sender,
-                conn: self.conn.clone(),
-                since: Instant::now(),
-            }),
+        let kind = match self.idle.take() {
+            Some(Idle::Hyper(sender)) if !sender.is_closed() => Some(Idle::Hyper(sender)),
+            Some(Idle::Relay(c)) => Some(Idle::Relay(c)),
             _ => None,
         };
+        let idle = kind
+            .filter(|_| reusable && under_limit)
+            .map(|kind| IdleConn {
+                kind,
+                conn: self.conn.clone(),
+                since: Instant::now(),
+            });
         self.released = true;
         self.pool.release(&self.host_key, self.addr, idle);
     }
