@@ -1100,54 +1100,100 @@ fn push_padded(out: &mut String, v: u32, width: usize) {
     out.push_str(std::str::from_utf8(&buf[start..]).unwrap_or("0"));
 }
 
-/// Appends `ip:port` as `SocketAddr`'s Display does (`[v6]:port` for IPv6).
+/// Appends `ip:port` as `SocketAddr`'s Display does (`[v6]:port` for IPv6). IPv4 is built in
+/// a stack buffer and appended once (four of these per line).
 fn push_addr(out: &mut String, a: SocketAddr) {
-    match a {
-        SocketAddr::V4(v4) => {
-            for (i, o) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_u64(out, u64::from(*o));
-            }
+    let SocketAddr::V4(v4) = a else {
+        let _ = write!(out, "{a}");
+        return;
+    };
+    let mut buf = [0u8; 21];
+    let mut n = 0;
+    for (i, o) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
         }
-        SocketAddr::V6(_) => {
-            let _ = write!(out, "{a}");
-            return;
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
         }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
     }
-    out.push(':');
-    push_u64(out, u64::from(a.port()));
+    buf[n] = b':';
+    n += 1;
+    let mut digits = [0u8; 20];
+    let port = decimal(&mut digits, u64::from(a.port()));
+    buf[n..n + port.len()].copy_from_slice(port);
+    n += port.len();
+    out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
 }
 
 fn write_time(out: &mut String, t: SystemTime, f: &TimeFmt) {
-    let dt: DateTime<Utc> = t.into();
     match f {
         TimeFmt::Default => {
-            // %Y-%m-%dT%H:%M:%S.%3fZ, by hand (this runs once per request).
-            let year = dt.year();
-            if (0..=9999).contains(&year) {
-                push_padded(out, year as u32, 4);
-            } else {
-                let _ = write!(out, "{year:04}");
+            // %Y-%m-%dT%H:%M:%S.%3fZ, by hand (this runs once per request); the part up to the
+            // second is formatted once a second per thread.
+            thread_local! {
+                static SECOND: std::cell::RefCell<(u64, String)> =
+                    const { std::cell::RefCell::new((u64::MAX, String::new())) };
             }
-            for (sep, v) in [
-                ('-', dt.month()),
-                ('-', dt.day()),
-                ('T', dt.hour()),
-                (':', dt.minute()),
-                (':', dt.second()),
-            ] {
-                out.push(sep);
-                push_padded(out, v, 2);
+            let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) else {
+                // Before 1970: no cache.
+                let dt: DateTime<Utc> = t.into();
+                push_second(out, &dt);
+                out.push('.');
+                push_padded(out, dt.timestamp_subsec_millis().min(999), 3);
+                out.push('Z');
+                return;
+            };
+            let secs = since.as_secs();
+            let cached = SECOND.with_borrow(|(at, text)| {
+                let hit = *at == secs;
+                if hit {
+                    out.push_str(text);
+                }
+                hit
+            });
+            if !cached {
+                let start = out.len();
+                push_second(out, &t.into());
+                let text = out[start..].to_string();
+                SECOND.with_borrow_mut(|c| *c = (secs, text));
             }
             out.push('.');
-            push_padded(out, dt.timestamp_subsec_millis().min(999), 3);
+            push_padded(out, since.subsec_millis().min(999), 3);
             out.push('Z');
         }
         TimeFmt::Custom(items) => {
+            let dt: DateTime<Utc> = t.into();
             let _ = write!(out, "{}", dt.format_with_items(items.iter()));
         }
+    }
+}
+
+/// `%Y-%m-%dT%H:%M:%S`.
+fn push_second(out: &mut String, dt: &DateTime<Utc>) {
+    let year = dt.year();
+    if (0..=9999).contains(&year) {
+        push_padded(out, year as u32, 4);
+    } else {
+        let _ = write!(out, "{year:04}");
+    }
+    for (sep, v) in [
+        ('-', dt.month()),
+        ('-', dt.day()),
+        ('T', dt.hour()),
+        (':', dt.minute()),
+        (':', dt.second()),
+    ] {
+        out.push(sep);
+        push_padded(out, v, 2);
     }
 }
 
@@ -1744,6 +1790,22 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_666_549_713_789);
         write_time(&mut s, t, &TimeFmt::Default);
         assert_eq!(s, "2022-10-23T18:28:33.789Z");
+        // The per-second cache: same second, the next second, and back.
+        for (ms, want) in [
+            (1_666_549_713_001_i64, "2022-10-23T18:28:33.001Z"),
+            (1_666_549_714_000, "2022-10-23T18:28:34.000Z"),
+            (1_666_549_713_999, "2022-10-23T18:28:33.999Z"),
+            (-1_500, "1969-12-31T23:59:58.500Z"),
+        ] {
+            let t = if ms >= 0 {
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
+            } else {
+                SystemTime::UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs())
+            };
+            let mut s = String::new();
+            write_time(&mut s, t, &TimeFmt::Default);
+            assert_eq!(s, want);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! counter must never go backwards). Hot-path updates are relaxed atomics; the per-code and
 //! per-label maps take a short uncontended lock once per request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -140,7 +140,7 @@ pub struct Metrics {
     started: Instant,
     clusters: RwLock<BTreeMap<String, Arc<ClusterStats>>>,
     listeners: RwLock<BTreeMap<String, Arc<ListenerStats>>>,
-    istio: Mutex<HashMap<IstioKey, IstioValues>>,
+    istio: Mutex<crate::FastMap<IstioKey, IstioValues>>,
     pub workload: RwLock<Workload>,
     pub reload_success: AtomicU64,
     pub reload_failure: AtomicU64,

@@ -42,7 +42,7 @@ pub struct Runtime {
     /// Every certificate loaded (for `/certs`).
     pub certs: Vec<crate::tls::CertInfo>,
     /// `Listener::key` -> index in `config.listeners` (looked up per request).
-    pub listener_index: std::collections::HashMap<Arc<str>, usize>,
+    pub listener_index: crate::FastMap<Arc<str>, usize>,
 }
 
 impl Runtime {
@@ -802,7 +802,11 @@ impl Telemetry {
             metrics: metrics.clone(),
             listener,
             cluster: None,
-            destination: (Arc::from("unknown"), Arc::from("unknown")),
+            destination: {
+                static UNKNOWN: std::sync::LazyLock<Arc<str>> =
+                    std::sync::LazyLock::new(|| Arc::from("unknown"));
+                (UNKNOWN.clone(), UNKNOWN.clone())
+            },
             upstream_start: None,
         }
     }

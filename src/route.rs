@@ -7,7 +7,6 @@
 //! ignored); the virtual host's routes are tried in order and the first match wins. No virtual
 //! host means the listener's fallback (`block_all`, `allow_any` or 404).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -39,10 +38,10 @@ pub enum Fallback {
 #[derive(Debug)]
 pub struct RouteTable {
     pub port_source: PortSource,
-    pub ports: HashMap<u16, VirtualHosts>,
+    pub ports: crate::FastMap<u16, VirtualHosts>,
     pub fallback: Fallback,
     /// Hosts declared on non-HTTP ports (TLS, HTTPS, TCP): where `CONNECT host:port` may go.
-    pub tunnels: HashMap<u16, VirtualHosts>,
+    pub tunnels: crate::FastMap<u16, VirtualHosts>,
 }
 
 /// Routing of a listener that is not HTTP.
@@ -103,9 +102,9 @@ impl L4Routes {
 /// The virtual hosts of one route configuration (one port).
 #[derive(Debug, Default)]
 pub struct VirtualHosts {
-    exact: HashMap<Box<str>, usize>,
+    exact: crate::FastMap<Box<str>, usize>,
     /// `".example.com"` -> index, for `*.example.com`.
-    suffixes: HashMap<Box<str>, usize>,
+    suffixes: crate::FastMap<Box<str>, usize>,
     any: Option<usize>,
     pub hosts: Vec<VirtualHost>,
 }
@@ -357,9 +356,9 @@ impl RouteTable {
     pub fn new(port_source: PortSource, fallback: Fallback) -> Self {
         RouteTable {
             port_source,
-            ports: HashMap::new(),
+            ports: Default::default(),
             fallback,
-            tunnels: HashMap::new(),
+            tunnels: Default::default(),
         }
     }
 

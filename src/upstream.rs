@@ -6,7 +6,6 @@
 //! never reused under another. Wildcard and passthrough clusters add the request's host to the
 //! key, so different hosts (and SNI names) never share a connection.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,7 +72,7 @@ pub struct ClusterPool {
     pub tls: Option<Arc<TlsContext>>,
     pub stats: Arc<ClusterStats>,
     /// host ("" for fixed-host clusters) -> address -> endpoint state.
-    endpoints: Mutex<HashMap<Box<str>, HashMap<SocketAddr, Endpoint>>>,
+    endpoints: Mutex<crate::FastMap<Box<str>, crate::FastMap<SocketAddr, Endpoint>>>,
     rr: AtomicUsize,
     /// Precomputed SNI / verified name for clusters whose host does not come from the request.
     server_name: Option<ServerName<'static>>,
@@ -172,7 +171,7 @@ impl ClusterPool {
             cluster,
             tls,
             stats,
-            endpoints: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(Default::default()),
             rr: AtomicUsize::new(0),
             server_name,
             alpn,
