@@ -280,8 +280,22 @@ struct Slot {
 
 type Parsed = Option<(ResponseHead, Framing, bool)>;
 
+/// Hop-by-hop fields (RFC 9110 7.6.1), the same list `proxy::strip_hop_by_hop` removes: they
+/// describe this connection only, so they are read for framing and never stored.
+const HOP_BY_HOP: [&[u8]; 8] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authorization",
+    b"trailer",
+];
+
 /// Parses a response head at the front of `buf` (`Ok(None)`: not complete yet). On success the
-/// head is split off `buf`, and header values share its allocation.
+/// head is split off `buf`, and header values share its allocation. Hop-by-hop fields (and
+/// those `Connection` names) are left out of the returned headers.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut raw);
@@ -298,10 +312,70 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
     } else {
         Version::HTTP_10
     };
+    // The fields that decide framing and reuse, read once from the raw head.
+    let mut close = false;
+    let mut listed: Vec<&[u8]> = Vec::new();
+    let mut te = false;
+    let mut chunked_last = false;
+    let mut length: Option<u64> = None;
+    let mut lengths = 0;
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        let tokens = || {
+            h.value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty())
+        };
+        if name.eq_ignore_ascii_case(b"connection") {
+            for t in tokens() {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    listed.push(t);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+            if let Some(last) = tokens().next_back() {
+                chunked_last = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            for part in h.value.split(|&b| b == b',') {
+                let n = std::str::from_utf8(part.trim_ascii())
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "invalid content-length {:?}",
+                            String::from_utf8_lossy(h.value)
+                        )
+                    })?;
+                if length.is_some_and(|l| l != n) {
+                    return Err("conflicting content-length values".into());
+                }
+                length = Some(n);
+            }
+        }
+    }
+    // One `content-length` is passed on as sent; duplicates become one; with a
+    // `Transfer-Encoding` it is dropped (the encoding delimits the body).
+    let keep_length = !te && lengths == 1;
     let base = buf.as_ptr() as usize;
     let mut slots = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+        let name = h.name.as_bytes();
+        if HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+            || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
+            || listed
+                .iter()
+                .any(|l| name.eq_ignore_ascii_case(l) && !name.eq_ignore_ascii_case(b"host"))
+        {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name)
             .map_err(|_| format!("invalid header name {:?}", h.name))?;
         let start = h.value.as_ptr() as usize - base;
         slots.push(Slot {
@@ -311,33 +385,27 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
         });
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(slots.len());
+    let mut headers = HeaderMap::with_capacity(slots.len() + 1);
     for s in slots {
         let value = HeaderValue::from_maybe_shared(head.slice(s.start..s.end))
             .map_err(|_| format!("invalid value for header {}", s.name))?;
         headers.append(s.name, value);
     }
-    let mut keep_alive = version == Version::HTTP_11
-        && !headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
+    if !te
+        && lengths > 1
+        && let Some(n) = length
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    let mut keep_alive = version == Version::HTTP_11 && !close;
     let framing = if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Done
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .rfind(|t| !t.is_empty())
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        if headers.remove(header::CONTENT_LENGTH).is_some() {
+    } else if te {
+        if length.is_some() {
             // Both headers: a smuggling pattern; the body is delimited by the encoding and
             // the connection is not trusted again.
             keep_alive = false;
@@ -348,33 +416,15 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
             keep_alive = false;
             Framing::Close
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        let mut length: Option<u64> = None;
-        for v in headers.get_all(header::CONTENT_LENGTH) {
-            for part in v.as_bytes().split(|&b| b == b',') {
-                let n = std::str::from_utf8(part.trim_ascii())
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| format!("invalid content-length {:?}", v))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err("conflicting content-length values".into());
-                }
-                length = Some(n);
+    } else {
+        match length {
+            Some(0) => Framing::Done,
+            Some(n) => Framing::Length(n),
+            None => {
+                keep_alive = false;
+                Framing::Close
             }
         }
-        let n = length.unwrap_or(0);
-        if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        if n == 0 {
-            Framing::Done
-        } else {
-            Framing::Length(n)
-        }
-    } else {
-        keep_alive = false;
-        Framing::Close
     };
     Ok(Some((
         ResponseHead {
@@ -756,6 +806,18 @@ mod tests {
         ] {
             assert!(head(bad, Method::GET).is_err(), "{bad:?}");
         }
+        let (h, _, ka) = head(
+            "HTTP/1.1 200 OK\r\nconnection: x-hop, keep-alive\r\nkeep-alive: timeout=5\r\nx-hop: 1\r\nx-keep: 2\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap();
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x-keep", "content-length"],
+            "hop-by-hop fields are not stored"
+        );
+        assert!(ka);
         let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
         assert!(matches!(parse_head(&mut partial, &Method::GET), Ok(None)));
     }

@@ -278,7 +278,7 @@ impl ClusterPool {
         for attempt in 0..tries {
             let addr = addrs.get((start + attempt) % n);
             // A pooled connection first.
-            while let Some(idle) = self.checkout(host_key, addr) {
+            while let Some((idle, lease)) = self.checkout(host_key, addr) {
                 if idle.since.elapsed() > self.cluster.idle_timeout {
                     continue;
                 }
@@ -286,7 +286,7 @@ impl ClusterPool {
                 conn.requests.fetch_add(1, Ordering::Relaxed);
                 let mut sender = match kind {
                     Idle::Relay(raw) if relay => {
-                        match self.relay(raw, &conn, host_key, addr, &req).await {
+                        match self.relay(raw, lease, &conn, &req).await {
                             Ok(x) => return Ok(x),
                             // Closed under us before answering: another connection may serve a
                             // request that is safe to repeat.
@@ -321,8 +321,6 @@ impl ClusterPool {
                         continue;
                     }
                 }
-                self.mark_active(host_key, addr, 1);
-                let lease = Lease::new(self.clone(), host_key, addr, conn.clone());
                 match sender.try_send_request(req).await {
                     Ok(response) => {
                         return Ok(Exchange {
@@ -364,7 +362,9 @@ impl ClusterPool {
                     });
                     let raw = RawConn::new(io, ActiveGuard::new(&self.stats));
                     if relay {
-                        return match self.relay(raw, &conn, host_key, addr, &req).await {
+                        self.mark_active(host_key, addr, 1);
+                        let lease = Lease::new(self.clone(), host_key, addr, conn.clone());
+                        return match self.relay(raw, lease, &conn, &req).await {
                             Ok(x) => Ok(x),
                             Err(e) => Err(self.exchange_error(
                                 &e,
@@ -415,15 +415,12 @@ impl ClusterPool {
     /// One exchange through egret's own client. The lease (and with it the connection) comes
     /// back through the response body.
     async fn relay(
-        self: &Arc<Self>,
+        &self,
         raw: RawConn,
+        lease: Lease,
         conn: &Arc<ConnInfo>,
-        host_key: &str,
-        addr: SocketAddr,
         req: &Request<RequestBody>,
     ) -> Result<Exchange, ExchangeError> {
-        self.mark_active(host_key, addr, 1);
-        let lease = Lease::new(self.clone(), host_key, addr, conn.clone());
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let (head, body) = raw.send(req.method(), path, req.headers()).await?;
         let mut response = http::Response::new(UpstreamBody::Relay(body));
@@ -734,7 +731,9 @@ impl ClusterPool {
         }
     }
 
-    fn checkout(&self, host_key: &str, addr: SocketAddr) -> Option<IdleConn> {
+    /// A pooled connection to `addr` that is still open, counted in flight (in the same lock)
+    /// and leased to the caller; dropping the lease gives the count back.
+    fn checkout(self: &Arc<Self>, host_key: &str, addr: SocketAddr) -> Option<(IdleConn, Lease)> {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let ep = map.get_mut(host_key)?.get_mut(&addr)?;
         while let Some(mut idle) = ep.idle.pop() {
@@ -743,7 +742,11 @@ impl ClusterPool {
                 Idle::Hyper(s) => !s.is_closed(),
             };
             if alive {
-                return Some(idle);
+                ep.active = ep.active.saturating_add(1);
+                drop(map);
+                self.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+                let lease = Lease::new(self.clone(), host_key, addr, idle.conn.clone());
+                return Some((idle, lease));
             }
         }
         None
