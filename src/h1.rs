@@ -33,6 +33,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::Downstream;
 use crate::listener::stopped;
@@ -70,15 +71,31 @@ pub async fn serve(
 ) -> Option<Handoff> {
     // Bytes read but not yet parsed (a pipelined request). Empty, and unallocated, while idle.
     let mut buf = BytesMut::new();
+    // The idle timer is registered once and moved only when it fires early: a new timer per
+    // idle wait costs a timer-wheel insert and removal per request, and sometimes a wake-up
+    // write to the runtime's eventfd.
+    let mut idle_since = Instant::now();
+    let idle = tokio::time::sleep_until(idle_since + IDLE_TIMEOUT);
+    tokio::pin!(idle);
     loop {
         if buf.is_empty() {
             buf = BytesMut::new();
-            tokio::select! {
-                biased;
-                () = stopped(stop) => return None,
-                r = tokio::time::timeout(IDLE_TIMEOUT, stream.readable()) => {
-                    if !matches!(r, Ok(Ok(()))) {
-                        return None;
+            loop {
+                tokio::select! {
+                    biased;
+                    () = stopped(stop) => return None,
+                    r = stream.readable() => {
+                        if r.is_err() {
+                            return None;
+                        }
+                        break;
+                    }
+                    () = &mut idle => {
+                        let due = idle_since + IDLE_TIMEOUT;
+                        if Instant::now() >= due {
+                            return None;
+                        }
+                        idle.as_mut().reset(due);
                     }
                 }
             }
@@ -111,6 +128,7 @@ pub async fn serve(
             let _ = stream.shutdown().await;
             return None;
         }
+        idle_since = Instant::now();
     }
 }
 
