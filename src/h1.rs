@@ -267,7 +267,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.1)) else {
         return rebuild(buf);
     };
-    let mut headers = HeaderMap::with_capacity(slots.len());
+    // Room for the fields the proxy adds (x-request-id, x-forwarded-proto, the timeout hint).
+    let mut headers = crate::h1client::spare_header_map(slots.len() + 4);
     for s in slots {
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(s.start..s.end)) else {
             return rebuild(buf);
@@ -364,7 +365,8 @@ async fn write_response(
 ) -> std::io::Result<()> {
     let mut out = Vec::with_capacity(512);
     let framing = encode_head(&mut out, &resp, is_head, keep_alive);
-    let mut body = resp.into_body();
+    let (parts, mut body) = resp.into_parts();
+    crate::h1client::recycle_header_map(parts.headers);
     if framing == Framing::None {
         // Dropping the body finishes its access line (hyper does not poll these either).
         drop(body);

@@ -36,6 +36,40 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use crate::connect::UpstreamIo;
 use crate::metrics::ClusterStats;
 
+/// Most header maps kept per thread for reuse, and the largest (in entries) worth keeping.
+const SPARE_MAPS: usize = 32;
+const SPARE_MAP_MAX: usize = 64;
+
+thread_local! {
+    /// Header maps of responses already written, emptied, for the next response heads. A map
+    /// with room for a typical response's fields is larger than 1 KiB, a size glibc's malloc
+    /// serves from its slower bins (consolidating fast bins first) on every request.
+    static SPARE: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for at least `n` fields, reused when one is spare.
+pub(crate) fn spare_header_map(n: usize) -> HeaderMap {
+    match SPARE.with(|s| s.borrow_mut().pop()) {
+        Some(m) if m.capacity() >= n => m,
+        _ => HeaderMap::with_capacity(n),
+    }
+}
+
+/// Keeps a map whose response was written for [`spare_header_map`] (emptied; its values' bytes
+/// are released now). Very large maps and maps beyond the per-thread cap are dropped.
+pub(crate) fn recycle_header_map(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAP_MAX {
+        return;
+    }
+    map.clear();
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_MAPS {
+            s.push(map);
+        }
+    });
+}
+
 /// Headers per response (hyper's default).
 const MAX_HEADERS: usize = 100;
 /// The largest response head (the hyper client's `max_buf_size` in egret).
@@ -385,7 +419,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
         });
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(slots.len() + 1);
+    let mut headers = spare_header_map(slots.len() + 1);
     for s in slots {
         let value = HeaderValue::from_maybe_shared(head.slice(s.start..s.end))
             .map_err(|_| format!("invalid value for header {}", s.name))?;
@@ -680,6 +714,31 @@ impl Body for RelayBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recycled_header_map_comes_back_empty_and_is_reused() {
+        let mut m = HeaderMap::with_capacity(12);
+        m.insert("set-cookie", HeaderValue::from_static("session=secret"));
+        m.append("x-a", HeaderValue::from_static("1"));
+        let cap = m.capacity();
+        recycle_header_map(m);
+        let again = spare_header_map(4);
+        assert!(
+            again.is_empty(),
+            "a reused map carried fields over: {again:?}"
+        );
+        assert_eq!(
+            again.capacity(),
+            cap,
+            "the spare map was not the recycled one"
+        );
+        // A map too small for the ask is not handed out.
+        recycle_header_map(HeaderMap::with_capacity(1));
+        assert!(spare_header_map(40).capacity() >= 40);
+        // Oversized maps are not kept.
+        recycle_header_map(HeaderMap::with_capacity(1000));
+        assert!(spare_header_map(1).capacity() <= SPARE_MAP_MAX);
+    }
 
     fn decode(
         framing: Framing,

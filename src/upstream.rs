@@ -287,7 +287,10 @@ impl ClusterPool {
                 let mut sender = match kind {
                     Idle::Relay(raw) if relay => {
                         match self.relay(raw, lease, &conn, &req).await {
-                            Ok(x) => return Ok(x),
+                            Ok(x) => {
+                                crate::h1client::recycle_header_map(req.into_parts().0.headers);
+                                return Ok(x);
+                            }
                             // Closed under us before answering: another connection may serve a
                             // request that is safe to repeat.
                             Err(e) if e.nothing_received() && is_idempotent(req.method()) => {
