@@ -18,7 +18,7 @@ use crate::tls::{ConnTls, Recording, TlsContext};
 /// An upstream transport: plain TCP or TLS over TCP.
 pub enum UpstreamIo {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<Recording<ReadAhead<TcpStream>>>>),
+    Tls(Box<tokio_rustls::client::TlsStream<Recording<TcpStream>>>),
 }
 
 /// How a connection was made, for logs and for classifying later failures.
@@ -57,7 +57,7 @@ pub async fn connect(
             )),
             Some((ctx, name)) => {
                 let (s, seen) = ctx
-                    .connect(Recording::new(ReadAhead::new(stream)), name, alpn)
+                    .connect(Recording::new(stream), name, alpn)
                     .await
                     .map_err(AttemptError::Tls)?;
                 Ok((
@@ -125,118 +125,6 @@ pub fn tls_failure_in(
     None
 }
 
-/// The most a read-ahead takes from the socket at once: one TLS record of the largest size
-/// (16 KiB of plaintext plus the record header, padding and tag) and the start of the next.
-const AHEAD: usize = 18 * 1024;
-
-/// The socket under an upstream TLS session. rustls asks for at most 4 KiB per read, so a
-/// 16 KiB record costs five `recvfrom` calls. When a read fills what the caller asked for
-/// (more is likely waiting), the next read takes up to [`AHEAD`] bytes into a buffer of its own
-/// and serves the caller from it: one system call per record. Small responses never fill the
-/// caller's buffer, so connections that carry only those never allocate it; a connection that
-/// carried a large body keeps it (and reads through it) for the rest of its life.
-pub struct ReadAhead<IO> {
-    inner: IO,
-    buf: Vec<u8>,
-    pos: usize,
-    len: usize,
-    /// A direct read filled the caller's buffer: read ahead from now on.
-    full: bool,
-}
-
-impl<IO> ReadAhead<IO> {
-    pub fn new(inner: IO) -> Self {
-        ReadAhead {
-            inner,
-            buf: Vec::new(),
-            pos: 0,
-            len: 0,
-            full: false,
-        }
-    }
-
-    pub fn get_ref(&self) -> &IO {
-        &self.inner
-    }
-
-    /// Copies what is buffered into `out`; false when nothing was.
-    fn serve(&mut self, out: &mut ReadBuf<'_>) -> bool {
-        if self.pos == self.len {
-            return false;
-        }
-        let n = (self.len - self.pos).min(out.remaining());
-        out.put_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        true
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.serve(out) {
-            return Poll::Ready(Ok(()));
-        }
-        let asked = out.remaining();
-        if (this.buf.is_empty() && !this.full) || asked >= AHEAD {
-            let before = out.filled().len();
-            let r = Pin::new(&mut this.inner).poll_read(cx, out);
-            if let Poll::Ready(Ok(())) = r {
-                this.full = asked > 0 && out.filled().len() - before == asked;
-            }
-            return r;
-        }
-        if this.buf.is_empty() {
-            this.buf = vec![0; AHEAD];
-        }
-        let mut ahead = ReadBuf::new(&mut this.buf);
-        match Pin::new(&mut this.inner).poll_read(cx, &mut ahead) {
-            Poll::Ready(Ok(())) => {
-                let n = ahead.filled().len();
-                this.pos = 0;
-                this.len = n;
-                this.serve(out);
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -292,78 +180,5 @@ impl AsyncWrite for UpstreamIo {
             UpstreamIo::Plain(s) => s.is_write_vectored(),
             UpstreamIo::Tls(s) => s.is_write_vectored(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncReadExt;
-
-    /// A socket that hands out whatever is asked for, up to what it holds (the first read at
-    /// most `first` bytes: a short answer), and counts reads.
-    struct Counted {
-        data: Vec<u8>,
-        at: usize,
-        first: usize,
-        reads: usize,
-    }
-
-    impl AsyncRead for Counted {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            out: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let this = self.get_mut();
-            let limit = if this.reads == 0 {
-                this.first
-            } else {
-                usize::MAX
-            };
-            this.reads += 1;
-            let n = out.remaining().min(this.data.len() - this.at).min(limit);
-            out.put_slice(&this.data[this.at..this.at + n]);
-            this.at += n;
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    async fn read_in_4k(r: &mut ReadAhead<Counted>, total: usize) -> Vec<u8> {
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while got.len() < total {
-            let n = r.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "early end after {} bytes", got.len());
-            got.extend_from_slice(&chunk[..n]);
-        }
-        got
-    }
-
-    #[tokio::test]
-    async fn small_reads_go_direct_and_large_ones_read_ahead_without_losing_bytes() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let mut r = ReadAhead::new(Counted {
-            data: data.clone(),
-            at: 0,
-            first: 100,
-            reads: 0,
-        });
-        // A short answer does not fill the caller's buffer: read directly, nothing allocated.
-        let mut small = [0u8; 4096];
-        assert_eq!(r.read(&mut small).await.expect("read"), 100);
-        assert!(r.buf.is_empty());
-        // A read that fills the caller's 4 KiB switches to read-ahead: the rest of the stream
-        // arrives in AHEAD-sized socket reads, byte for byte.
-        let rest = read_in_4k(&mut r, data.len() - 100).await;
-        assert_eq!(&rest[..], &data[100..]);
-        let socket_reads = r.get_ref().reads;
-        let expected = 2 + (data.len() - 100 - 4096).div_ceil(AHEAD);
-        assert_eq!(
-            socket_reads, expected,
-            "socket reads for 100 kB in 4 KiB asks"
-        );
-        // End of stream passes through as a zero-length read.
-        assert_eq!(r.read(&mut small).await.expect("read"), 0);
     }
 }

@@ -1434,12 +1434,25 @@ fn plaintext_http(first: &[u8]) -> Option<String> {
     None
 }
 
-/// A stream wrapper that remembers the first bytes the peer sent, so a plaintext answer to a
-/// ClientHello can be named in the error.
+/// The most a read-ahead takes from the socket at once: one TLS record of the largest size
+/// (16 KiB of plaintext plus the record header, padding and tag) and the start of the next.
+const AHEAD: usize = 18 * 1024;
+
+/// The socket under a TLS client session. It remembers the first bytes the peer sent, so a
+/// plaintext answer to a ClientHello can be named in the error. And it reads ahead: rustls asks
+/// for at most 4 KiB per read, so a 16 KiB record would cost five `recvfrom` calls. Once a read
+/// fills what rustls asked for (more is likely waiting), reads take up to [`AHEAD`] bytes into a
+/// buffer of this wrapper's and serve rustls from it: one system call per record. Connections
+/// that carry only small messages never fill the ask and never allocate the buffer.
 pub struct Recording<IO> {
     inner: IO,
     first: [u8; 32],
     len: u8,
+    ahead: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// A direct read filled the caller's buffer: read ahead from now on.
+    full: bool,
 }
 
 impl<IO> Recording<IO> {
@@ -1448,6 +1461,10 @@ impl<IO> Recording<IO> {
             inner,
             first: [0; 32],
             len: 0,
+            ahead: Vec::new(),
+            pos: 0,
+            end: 0,
+            full: false,
         }
     }
 
@@ -1458,23 +1475,62 @@ impl<IO> Recording<IO> {
     pub fn get_ref(&self) -> &IO {
         &self.inner
     }
+
+    /// Copies what is read ahead into `out`; false when nothing is.
+    fn serve(&mut self, out: &mut ReadBuf<'_>) -> bool {
+        if self.pos == self.end {
+            return false;
+        }
+        let n = (self.end - self.pos).min(out.remaining());
+        out.put_slice(&self.ahead[self.pos..self.pos + n]);
+        self.pos += n;
+        true
+    }
+}
+
+impl<IO: AsyncRead + Unpin> Recording<IO> {
+    fn read(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.serve(out) {
+            return Poll::Ready(Ok(()));
+        }
+        let asked = out.remaining();
+        if (self.ahead.is_empty() && !self.full) || asked >= AHEAD {
+            let before = out.filled().len();
+            let r = Pin::new(&mut self.inner).poll_read(cx, out);
+            if let Poll::Ready(Ok(())) = r {
+                self.full = asked > 0 && out.filled().len() - before == asked;
+            }
+            return r;
+        }
+        if self.ahead.is_empty() {
+            self.ahead = vec![0; AHEAD];
+        }
+        let mut into = ReadBuf::new(&mut self.ahead);
+        let r = Pin::new(&mut self.inner).poll_read(cx, &mut into);
+        if let Poll::Ready(Ok(())) = r {
+            self.end = into.filled().len();
+            self.pos = 0;
+            self.serve(out);
+        }
+        r
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Recording<IO> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let have = usize::from(self.len);
-        if have < self.first.len() {
+        let res = this.read(cx, buf);
+        let have = usize::from(this.len);
+        if have < this.first.len() {
             let new = &buf.filled()[before..];
-            let n = new.len().min(self.first.len() - have);
-            let (first, len) = (&mut self.first, have);
-            first[len..len + n].copy_from_slice(&new[..n]);
-            self.len = (have + n) as u8;
+            let n = new.len().min(this.first.len() - have);
+            this.first[have..have + n].copy_from_slice(&new[..n]);
+            this.len = (have + n) as u8;
         }
         res
     }
@@ -1513,6 +1569,85 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Recording<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket that hands out whatever is asked for, up to what it holds (the first read at
+    /// most `first` bytes: a short answer), and counts reads.
+    struct Counted {
+        data: Vec<u8>,
+        at: usize,
+        first: usize,
+        reads: usize,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let limit = if this.reads == 0 {
+                this.first
+            } else {
+                usize::MAX
+            };
+            this.reads += 1;
+            let n = out.remaining().min(this.data.len() - this.at).min(limit);
+            out.put_slice(&this.data[this.at..this.at + n]);
+            this.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn read_in_4k(r: &mut Recording<Counted>, total: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while got.len() < total {
+            let n = tokio::io::AsyncReadExt::read(r, &mut chunk)
+                .await
+                .expect("read");
+            assert!(n > 0, "early end after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn small_reads_go_direct_and_large_ones_read_ahead_without_losing_bytes() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut r = Recording::new(Counted {
+            data: data.clone(),
+            at: 0,
+            first: 100,
+            reads: 0,
+        });
+        // A short answer does not fill the caller's buffer: read directly, nothing allocated.
+        let mut small = [0u8; 4096];
+        assert_eq!(
+            tokio::io::AsyncReadExt::read(&mut r, &mut small)
+                .await
+                .expect("read"),
+            100
+        );
+        assert!(r.ahead.is_empty());
+        // A read that fills the caller's 4 KiB switches to read-ahead: the rest of the stream
+        // arrives in AHEAD-sized socket reads, byte for byte.
+        let rest = read_in_4k(&mut r, data.len() - 100).await;
+        assert_eq!(&rest[..], &data[100..]);
+        let socket_reads = r.get_ref().reads;
+        let expected = 2 + (data.len() - 100 - 4096).div_ceil(AHEAD);
+        assert_eq!(
+            socket_reads, expected,
+            "socket reads for 100 kB in 4 KiB asks"
+        );
+        // End of stream passes through as a zero-length read.
+        assert_eq!(
+            tokio::io::AsyncReadExt::read(&mut r, &mut small)
+                .await
+                .expect("read"),
+            0
+        );
+    }
 
     #[test]
     fn alert_names_are_snake_case() {
