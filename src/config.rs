@@ -1496,9 +1496,12 @@ pub(crate) fn lower_cluster(
             let http = p.http.clone().unwrap_or_default();
             (
                 tcp.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
-                http.idle_timeout
-                    .or(tcp.idle_timeout)
-                    .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+                // Envoy: 0 disables the pool's idle timeout.
+                match http.idle_timeout.or(tcp.idle_timeout).map(|d| d.0) {
+                    Some(d) if d.is_zero() => Duration::MAX,
+                    Some(d) => d,
+                    None => DEFAULT_IDLE_TIMEOUT,
+                },
                 // Envoy: 0 disables the TCP idle timeout.
                 match tcp.idle_timeout.map(|d| d.0) {
                     Some(d) if d.is_zero() => Duration::MAX,

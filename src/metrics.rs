@@ -71,8 +71,11 @@ pub struct ClusterStats {
     pub ssl_connection_error: AtomicU64,
     pub rq_total: AtomicU64,
     pub rq_active: AtomicU64,
-    /// A pooled connection was found closed when a request wanted it.
+    /// A pooled connection was found closed by the upstream (by the idle sweep, or when a
+    /// request wanted it).
     pub cx_stale: AtomicU64,
+    /// Pooled connections closed for being idle longer than the idle timeout.
+    pub cx_idle_timeout: AtomicU64,
     /// Bytes written to / read from upstream connections (TCP proxying).
     pub cx_tx_bytes: AtomicU64,
     pub cx_rx_bytes: AtomicU64,
@@ -323,6 +326,12 @@ impl Metrics {
             "envoy_cluster_ssl_connection_error",
             "counter",
             &|s| load(&s.ssl_connection_error),
+        );
+        counter_family(
+            &mut out,
+            "envoy_cluster_upstream_cx_idle_timeout",
+            "counter",
+            &|s| load(&s.cx_idle_timeout),
         );
         counter_family(
             &mut out,

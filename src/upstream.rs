@@ -7,7 +7,7 @@
 //! key, so different hosts (and SNI names) never share a connection.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,14 @@ enum DialError {
 /// two retries on connect failure).
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
+/// How often a pool with idle connections looks at them (or at its idle timeout, if shorter):
+/// a connection the upstream closed is closed here within this time instead of sitting in
+/// CLOSE_WAIT until the next request, and one idle for longer than the timeout is closed
+/// without waiting for a request to find it.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The shortest sweep period, whatever the idle timeout.
+const SWEEP_MIN: Duration = Duration::from_millis(20);
+
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One upstream connection.
@@ -59,6 +67,17 @@ struct IdleConn {
     since: Instant,
 }
 
+impl IdleConn {
+    /// Whether the connection can still take a request: the upstream has not closed it (nor
+    /// sent anything unasked). Never waits.
+    fn is_open(&mut self) -> bool {
+        match &mut self.kind {
+            Idle::Relay(c) => c.is_reusable(),
+            Idle::Hyper(s) => !s.is_closed(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Endpoint {
     idle: Vec<IdleConn>,
@@ -74,6 +93,8 @@ pub struct ClusterPool {
     /// host ("" for fixed-host clusters) -> address -> endpoint state.
     endpoints: Mutex<crate::FastMap<Box<str>, crate::FastMap<SocketAddr, Endpoint>>>,
     rr: AtomicUsize,
+    /// A sweep task watches the idle connections. Set and cleared under `endpoints`' lock.
+    sweeping: AtomicBool,
     /// Precomputed SNI / verified name for clusters whose host does not come from the request.
     server_name: Option<ServerName<'static>>,
     alpn: &'static [&'static [u8]],
@@ -173,6 +194,7 @@ impl ClusterPool {
             stats,
             endpoints: Mutex::new(Default::default()),
             rr: AtomicUsize::new(0),
+            sweeping: AtomicBool::new(false),
             server_name,
             alpn,
         };
@@ -280,6 +302,7 @@ impl ClusterPool {
             // A pooled connection first.
             while let Some((idle, lease)) = self.checkout(host_key, addr) {
                 if idle.since.elapsed() > self.cluster.idle_timeout {
+                    self.stats.cx_idle_timeout.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let IdleConn { kind, conn, .. } = idle;
@@ -740,11 +763,7 @@ impl ClusterPool {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let ep = map.get_mut(host_key)?.get_mut(&addr)?;
         while let Some(mut idle) = ep.idle.pop() {
-            let alive = match &mut idle.kind {
-                Idle::Relay(c) => c.is_reusable(),
-                Idle::Hyper(s) => !s.is_closed(),
-            };
-            if alive {
+            if idle.is_open() {
                 ep.active = ep.active.saturating_add(1);
                 drop(map);
                 self.stats.rq_active.fetch_add(1, Ordering::Relaxed);
@@ -769,15 +788,95 @@ impl ClusterPool {
         ep.active = ep.active.saturating_add_signed(delta);
     }
 
-    fn release(&self, host_key: &str, addr: SocketAddr, idle: Option<IdleConn>) {
+    /// A request is over; `idle` is its connection if it can serve another. Entries for
+    /// addresses (and hosts) with nothing in flight and nothing pooled are dropped, so a
+    /// wildcard or passthrough pool does not grow with every host it ever saw.
+    fn release(self: &Arc<Self>, host_key: &str, addr: SocketAddr, idle: Option<IdleConn>) {
         self.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ep) = map.get_mut(host_key).and_then(|h| h.get_mut(&addr)) {
-            ep.active = ep.active.saturating_sub(1);
-            if let Some(idle) = idle {
+        let Some(eps) = map.get_mut(host_key) else {
+            return;
+        };
+        let Some(ep) = eps.get_mut(&addr) else {
+            return;
+        };
+        ep.active = ep.active.saturating_sub(1);
+        match idle {
+            Some(idle) => {
                 ep.idle.push(idle);
+                if !self.sweeping.swap(true, Ordering::Relaxed) {
+                    self.start_sweeper();
+                }
             }
+            None if ep.active == 0 && ep.idle.is_empty() => {
+                eps.remove(&addr);
+                if eps.is_empty() {
+                    map.remove(host_key);
+                }
+            }
+            None => {}
         }
+    }
+
+    /// Starts the task that watches this pool's idle connections (see [`SWEEP_EVERY`]). It
+    /// holds the pool weakly (a pool replaced by a reload goes away with its connections) and
+    /// ends when no idle connection is left.
+    fn start_sweeper(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::Relaxed);
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let every = self.cluster.idle_timeout.clamp(SWEEP_MIN, SWEEP_EVERY);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                if !pool.sweep() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Closes the idle connections that outlived the idle timeout (Envoy's
+    /// `upstream_cx_idle_timeout`) or that the upstream closed, and drops empty entries.
+    /// Returns whether any idle connection is left to watch; if not, the sweep ends here.
+    fn sweep(&self) -> bool {
+        let now = Instant::now();
+        let limit = self.cluster.idle_timeout;
+        let mut closed: Vec<IdleConn> = Vec::new();
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut left = 0;
+        map.retain(|_, eps| {
+            eps.retain(|_, ep| {
+                let mut i = 0;
+                while i < ep.idle.len() {
+                    let c = &mut ep.idle[i];
+                    if now.saturating_duration_since(c.since) > limit {
+                        self.stats.cx_idle_timeout.fetch_add(1, Ordering::Relaxed);
+                        closed.push(ep.idle.remove(i));
+                    } else if !c.is_open() {
+                        self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                        closed.push(ep.idle.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                left += ep.idle.len();
+                ep.active > 0 || !ep.idle.is_empty()
+            });
+            !eps.is_empty()
+        });
+        if left == 0 {
+            self.sweeping.store(false, Ordering::Relaxed);
+        }
+        drop(map);
+        // Closing sockets (and deregistering them) happens outside the lock.
+        drop(closed);
+        left > 0
     }
 }
 

@@ -296,3 +296,139 @@ async fn a_reused_connection_lost_before_any_answer_is_retried_only_for_idempote
         ("POST", 503, "UC")
     );
 }
+
+/// An origin that answers one request on each connection with a keep-alive response, then
+/// either closes its side after `fin_after` or keeps it open, and reports how long after the
+/// response egret closed the connection (its read sees the end).
+struct Watching {
+    addr: std::net::SocketAddr,
+    closed_after: tokio::sync::mpsc::UnboundedReceiver<Duration>,
+    _h: ServerHandle,
+}
+
+async fn watching(fin_after: Option<Duration>) -> Watching {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, closed_after) = tokio::sync::mpsc::unbounded_channel();
+    let h = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 2048];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let answered = std::time::Instant::now();
+                if let Some(d) = fin_after {
+                    tokio::time::sleep(d).await;
+                    let _ = s.shutdown().await;
+                }
+                // Whatever egret sends now (nothing is expected) until it closes.
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = tx.send(answered.elapsed());
+            });
+        }
+    });
+    Watching {
+        addr,
+        closed_after,
+        _h: ServerHandle::new(h),
+    }
+}
+
+fn pool(e: &Egret) -> Arc<egret::upstream::ClusterPool> {
+    let rt = e.bound.state.load();
+    rt.pools
+        .iter()
+        .find(|p| p.cluster.name == "outbound|80||app.test")
+        .expect("the app.test pool")
+        .clone()
+}
+
+fn pool_stats(e: &Egret) -> Arc<egret::metrics::ClusterStats> {
+    pool(e).stats.clone()
+}
+
+/// A pooled connection the origin closes while it sits idle is closed by egret within a sweep
+/// (about a second), not left in CLOSE_WAIT until the next request happens to find it.
+#[tokio::test]
+async fn an_idle_connection_the_origin_closed_is_closed_without_waiting_for_a_request() {
+    let mut origin = watching(Some(Duration::from_millis(50))).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
+    let r = get(e.addr, "app.test", "/").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"));
+    let after = tokio::time::timeout(Duration::from_secs(10), origin.closed_after.recv())
+        .await
+        .expect("egret closes the connection the origin closed, with no request to notice it")
+        .expect("one connection");
+    assert!(after >= Duration::from_millis(50), "{after:?}");
+    let stats = pool_stats(&e);
+    assert_eq!(stats.cx_stale.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.cx_idle_timeout.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.cx_active.load(Ordering::SeqCst), 0);
+    assert!(
+        pool(&e).snapshot().is_empty(),
+        "nothing pooled, nothing in flight: the address entry is gone too"
+    );
+    // The pool is empty now; the next request opens a new connection and succeeds.
+    assert_eq!(get(e.addr, "app.test", "/").await.status.as_u16(), 200);
+}
+
+/// `connectionPool.http.idleTimeout` closes an idle pooled connection once it expires
+/// (Envoy's `upstream_cx_idle_timeout`), not earlier, and without a request to find it.
+/// `idleTimeout: 0s` disables the timeout, as in Envoy: the connection stays pooled and reused.
+#[tokio::test]
+async fn the_pool_idle_timeout_closes_idle_connections_and_zero_disables_it() {
+    let mut origin = watching(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with_timeout = |t: &str| {
+        format!(
+            "{}    trafficPolicy: {{connectionPool: {{http: {{idleTimeout: {t}}}}}}}\n",
+            yaml(origin.addr.port())
+        )
+    };
+    let e = start_egret(&with_timeout("300ms"), Overrides::default(), dir.path()).await;
+    let r = get(e.addr, "app.test", "/").await;
+    assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    let after = tokio::time::timeout(Duration::from_secs(10), origin.closed_after.recv())
+        .await
+        .expect("egret closes the idle connection after its idle timeout")
+        .expect("one connection");
+    assert!(
+        after >= Duration::from_millis(300),
+        "closed before the idle timeout: {after:?}"
+    );
+    let stats = pool_stats(&e);
+    assert_eq!(stats.cx_idle_timeout.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.cx_active.load(Ordering::SeqCst), 0);
+    drop(e);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = start_egret(&with_timeout("0s"), Overrides::default(), dir.path()).await;
+    let mut c = KeepAlive::connect(e.addr).await;
+    assert_eq!(c.get("app.test", "/").await.status.as_u16(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        origin.closed_after.try_recv().is_err(),
+        "idleTimeout 0s keeps the connection"
+    );
+    let stats = pool_stats(&e);
+    assert_eq!(stats.cx_active.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.cx_idle_timeout.load(Ordering::SeqCst), 0);
+}
