@@ -804,7 +804,9 @@ impl ClusterPool {
         match idle {
             Some(idle) => {
                 ep.idle.push(idle);
-                if !self.sweeping.swap(true, Ordering::Relaxed) {
+                // Under the lock: a load and a store, no atomic read-modify-write per request.
+                if !self.sweeping.load(Ordering::Relaxed) {
+                    self.sweeping.store(true, Ordering::Relaxed);
                     self.start_sweeper();
                 }
             }
