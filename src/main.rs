@@ -62,7 +62,8 @@ struct RunArgs {
     /// Access log destination: a file path, `-` or /dev/stdout (default), or `off`.
     #[arg(long, value_name = "PATH|-")]
     access_log: Option<String>,
-    /// Worker threads (default: one per CPU; 1 runs everything on one thread).
+    /// Worker threads (default or 0: the CPUs this process may use, i.e. its cgroup CPU quota
+    /// and affinity mask, not the host's core count; 1 runs everything on one thread).
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
     /// How long in-flight requests may take to finish on shutdown (default 45s, or the
@@ -228,10 +229,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let threads = args
-        .concurrency
-        .filter(|n| *n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    // std's count honours the cgroup CPU quota (v1 and v2) and the affinity mask, so a sidecar
+    // limited to one CPU on a 64-core node runs one thread, not 64.
+    let (threads, why) = match args.concurrency.filter(|n| *n > 0) {
+        Some(n) => (n, "--concurrency"),
+        None => (
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+            "the CPUs this process may use: cgroup quota and affinity",
+        ),
+    };
+    eprintln!(
+        "egret: {threads} worker thread{} ({why})",
+        if threads == 1 { "" } else { "s" }
+    );
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -842,3 +842,91 @@ async fn idle_egret_does_not_spin() {
         );
     }
 }
+
+/// Runs `program args` until egret announces its listener; returns the worker-count line it
+/// printed and the number of tokio worker threads the process runs (waiting up to 5 s for
+/// `expect` of them: a new thread takes its name a moment after it exists).
+fn worker_threads(program: &str, args: &[&str], expect: usize) -> (String, usize) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    let stderr = child.stderr.take().expect("stderr");
+    let mut announced = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("stderr line");
+        if line.contains("worker thread") {
+            announced = line;
+        } else if line.starts_with("egret: listening on ") {
+            break;
+        }
+    }
+    // `taskset` execs egret, so the pid is egret's.
+    let count = || {
+        std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .expect("/proc/PID/task")
+            .filter_map(|t| t.ok())
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.starts_with("tokio-rt-worker"))
+            })
+            .count()
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let mut workers = count();
+    let until = Instant::now() + Duration::from_secs(5);
+    while workers != expect && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        workers = count();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (announced, workers)
+}
+
+/// Worker threads default to the CPUs the process may use (here its affinity mask, set with
+/// `taskset`; a cgroup CPU quota counts the same way), not the host's cores; `--concurrency`
+/// overrides it. One CPU means one thread running everything (no worker pool).
+#[test]
+fn worker_threads_follow_the_cpus_the_process_may_use() {
+    let bin = env!("CARGO_BIN_EXE_egret");
+    let run = [
+        "run",
+        "--outbound-listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--ready",
+        "off",
+        "--stats",
+        "off",
+        "--access-log",
+        "off",
+    ];
+    let mut pinned = vec!["-c", "0", bin];
+    pinned.extend_from_slice(&run);
+    let (line, workers) = worker_threads("taskset", &pinned, 0);
+    assert_eq!(
+        line,
+        "egret: 1 worker thread (the CPUs this process may use: cgroup quota and affinity)"
+    );
+    assert_eq!(workers, 0, "one CPU: the current-thread runtime");
+
+    let mut three = run.to_vec();
+    three.extend_from_slice(&["--concurrency", "3"]);
+    let (line, workers) = worker_threads(bin, &three, 3);
+    assert_eq!(line, "egret: 3 worker threads (--concurrency)");
+    assert_eq!(workers, 3);
+
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let mut two = vec!["-c", "0,1", bin];
+        two.extend_from_slice(&run);
+        let (line, workers) = worker_threads("taskset", &two, 2);
+        assert!(line.starts_with("egret: 2 worker threads ("), "{line}");
+        assert_eq!(workers, 2);
+    }
+}
