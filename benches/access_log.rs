@@ -13,7 +13,7 @@ fn record(format: &LogFormat) -> AccessRecord {
     let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
     let mut r = AccessRecord::new(addr("127.0.0.1:15001"), addr("127.0.0.1:56948"), 1);
     r.method = Some(Method::GET);
-    r.path = Some("/api/v1/items?page=2".into());
+    r.path = Some(http::uri::PathAndQuery::from_static("/api/v1/items?page=2"));
     r.authority = Some("api.example.com".into());
     r.protocol = Some(Version::HTTP_11);
     r.status = 200;

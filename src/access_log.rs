@@ -69,15 +69,15 @@ pub struct AccessRecord {
     /// `false` for TCP connections (HTTP-only operators print `-`).
     pub http: bool,
     pub method: Option<Method>,
-    /// Path and query as received.
-    pub path: Option<String>,
+    /// Path and query as received (a reference-counted clone of the request's own).
+    pub path: Option<http::uri::PathAndQuery>,
     pub authority: Option<String>,
     pub scheme: &'static str,
     pub protocol: Option<Version>,
     /// Final status sent downstream; 0 = none was sent.
     pub status: u16,
     pub flags: Flags,
-    pub details: Option<String>,
+    pub details: Option<std::borrow::Cow<'static, str>>,
     pub termination_details: Option<String>,
     pub transport_failure: Option<String>,
     pub bytes_received: u64,
@@ -623,7 +623,7 @@ impl LogFormat {
             HeaderKey::Name(_) => captured(),
             HeaderKey::Authority => rec.authority.as_deref().or_else(captured),
             HeaderKey::Method => rec.method.as_ref().map(http::Method::as_str),
-            HeaderKey::Path => rec.path.as_deref(),
+            HeaderKey::Path => rec.path.as_ref().map(http::uri::PathAndQuery::as_str),
             HeaderKey::Scheme => Some(rec.scheme),
         }
     }
@@ -1598,7 +1598,7 @@ mod tests {
         );
         r.start = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_666_549_713_789);
         r.method = Some(Method::GET);
-        r.path = Some("/".into());
+        r.path = Some(http::uri::PathAndQuery::from_static("/"));
         r.protocol = Some(Version::HTTP_11);
         r.status = 200;
         r.details = Some("via_upstream".into());

@@ -84,7 +84,7 @@ pub async fn handle(
     let mut rec = AccessRecord::new(conn.local, conn.remote, conn.id);
     rec.method = Some(req.method().clone());
     rec.protocol = Some(req.version());
-    rec.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+    rec.path = req.uri().path_and_query().cloned();
     rec.requested_server_name = conn.sni.as_deref().map(str::to_string);
     let http1 = req.version() < Version::HTTP_2;
     let Some((_, listener)) = rt.listener(&conn.listener) else {
@@ -138,16 +138,19 @@ async fn forward(
     rec.authority = Some(authority.as_str().to_string());
 
     // 2. Route.
-    let path_and_query = req
+    // The request's own path (a reference-counted clone): it becomes the upstream URI as is
+    // unless a route rewrites it.
+    let original_path = req
         .uri()
         .path_and_query()
-        .map_or("/", PathAndQuery::as_str)
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path_and_query = original_path.as_str();
     let info = RequestInfo {
         host: &host,
         port,
         method: req.method(),
-        path_and_query: &path_and_query,
+        path_and_query,
         authority: authority.as_str(),
         scheme: "http",
         headers: req.headers(),
@@ -172,7 +175,7 @@ async fn forward(
                     ));
                 }
                 (RouteAction::Redirect(r), _) => {
-                    let location = redirect_location(r, &host, port, &path_and_query);
+                    let location = redirect_location(r, &host, port, path_and_query);
                     let headers = req.headers().clone();
                     return Ok(pending.direct(
                         r.code,
@@ -249,14 +252,14 @@ async fn forward(
     if let Some(h) = host_header {
         headers.insert(header::HOST, h);
     }
-    let mut upstream_path = path_and_query.clone();
+    let mut rewritten_path: Option<String> = None;
     let mut dns_host = host.clone();
     if let Some(route) = route {
         route.request_headers.apply(&mut headers);
         if let Some(rw) = &route.rewrite {
             if let Some(uri) = &rw.uri {
-                upstream_path = rewrite_path(&path_and_query, matched, uri);
-                if let Ok(v) = HeaderValue::from_str(&path_and_query) {
+                rewritten_path = Some(rewrite_path(path_and_query, matched, uri));
+                if let Ok(v) = HeaderValue::from_str(path_and_query) {
                     headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
                 }
             }
@@ -288,7 +291,10 @@ async fn forward(
     pending.set_progress(progress.clone());
     let mut up = Request::new(body);
     *up.method_mut() = parts.method;
-    *up.uri_mut() = Uri::from_str(&upstream_path).unwrap_or_else(|_| Uri::from_static("/"));
+    *up.uri_mut() = match &rewritten_path {
+        Some(p) => Uri::from_str(p).unwrap_or_else(|_| Uri::from_static("/")),
+        None => Uri::from(original_path),
+    };
     *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = headers;
 
@@ -328,12 +334,11 @@ async fn forward(
     } = exchange;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let service_ms = sent_at.elapsed().as_millis();
-    if let Ok(v) = HeaderValue::from_str(&service_ms.to_string()) {
-        parts
-            .headers
-            .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), v);
-    }
+    let service_ms = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    parts.headers.insert(
+        X_ENVOY_UPSTREAM_SERVICE_TIME.clone(),
+        HeaderValue::from(service_ms),
+    );
     if let Some(route) = route {
         route.response_headers.apply(&mut parts.headers);
     }
@@ -664,7 +669,7 @@ impl Pending {
         }
         rec.status = err.status();
         rec.flags |= err.flags();
-        rec.details = Some(err.details());
+        rec.details = Some(err.details().into());
         rec.transport_failure = err.transport_failure_reason();
         rec.local_reply_body = Some(body.clone());
         if !matches!(
@@ -883,7 +888,8 @@ impl Finish {
             }
             Outcome::UpstreamFailed(why) => {
                 rec.flags |= Flags::UC;
-                rec.details = Some(format!("upstream_reset_after_response_started{{{why}}}"));
+                rec.details =
+                    Some(format!("upstream_reset_after_response_started{{{why}}}").into());
             }
         }
         if let Some(t) = self.telemetry.take() {

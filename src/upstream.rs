@@ -139,22 +139,25 @@ impl From<ProxyError> for SendError {
     }
 }
 
-/// Addresses to try, without allocating for the common one-name case.
-enum Addrs {
+/// Addresses to try, without allocating for the common cases (one DNS name, static endpoints).
+enum Addrs<'a> {
     One { ips: Arc<[IpAddr]>, port: u16 },
+    Static(&'a [SocketAddr]),
     Many(Vec<SocketAddr>),
 }
 
-impl Addrs {
+impl Addrs<'_> {
     fn len(&self) -> usize {
         match self {
             Addrs::One { ips, .. } => ips.len(),
+            Addrs::Static(v) => v.len(),
             Addrs::Many(v) => v.len(),
         }
     }
     fn get(&self, i: usize) -> SocketAddr {
         match self {
             Addrs::One { ips, port } => SocketAddr::new(ips[i], *port),
+            Addrs::Static(v) => v[i],
             Addrs::Many(v) => v[i],
         }
     }
@@ -662,10 +665,10 @@ impl ClusterPool {
         ctx: &UpstreamCtx,
         host: &str,
         req_port: u16,
-    ) -> Result<(Addrs, u16), ProxyError> {
+    ) -> Result<(Addrs<'_>, u16), ProxyError> {
         match &self.cluster.endpoints {
             Endpoints::Static(v) => Ok((
-                Addrs::Many(v.clone()),
+                Addrs::Static(v),
                 v.first().map_or(self.cluster.port, |a| a.port()),
             )),
             Endpoints::Dns(eps) if eps.len() == 1 => {
