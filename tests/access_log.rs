@@ -392,13 +392,8 @@ async fn hangup_server() -> (SocketAddr, ServerHandle) {
     let h = tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if read_request_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s.shutdown().await;
             });

@@ -307,20 +307,15 @@ struct Watching {
 }
 
 async fn watching(fin_after: Option<Duration>) -> Watching {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = bind_loopback().await;
     let addr = l.local_addr().expect("addr");
     let (tx, closed_after) = tokio::sync::mpsc::unbounded_channel();
     let h = tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 2048];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if read_request_head(&mut s).await.is_none() {
+                    return;
                 }
                 if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await
@@ -334,6 +329,7 @@ async fn watching(fin_after: Option<Duration>) -> Watching {
                     let _ = s.shutdown().await;
                 }
                 // Whatever egret sends now (nothing is expected) until it closes.
+                let mut buf = [0u8; 2048];
                 loop {
                     match s.read(&mut buf).await {
                         Ok(0) | Err(_) => break,

@@ -51,6 +51,20 @@ impl Drop for ServerHandle {
 }
 
 /// Binds a listener on an ephemeral loopback port.
+/// Reads from `s` until a whole request head (through the blank line) has arrived; `None` if
+/// the peer closed or the read failed first.
+pub async fn read_request_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(got)
+}
+
 pub async fn bind_loopback() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
         .await
