@@ -18,7 +18,6 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 
 use crate::error::Flags;
-use crate::tls::ConnTls;
 
 /// Istio's default TEXT format (Istio >= 1.23; older releases print `%UPSTREAM_CLUSTER%`, which
 /// is the same string for egret).
@@ -60,6 +59,34 @@ pub const ISTIO_JSON_FORMAT: &[(&str, &str)] = &[
     ("user_agent", "%REQ(USER-AGENT)%"),
     ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
 ];
+
+/// What one TLS connection saw: whether the server asked for a client certificate (and which
+/// CAs it accepts), and what was negotiated.
+#[derive(Debug, Default)]
+pub struct ConnTls {
+    /// `Some(ca names)` once the server sent a CertificateRequest.
+    pub requested: std::sync::Mutex<Option<Vec<String>>>,
+    pub client_cert_sent: bool,
+    pub version: std::sync::OnceLock<rustls::ProtocolVersion>,
+    pub cipher: std::sync::OnceLock<rustls::CipherSuite>,
+    pub peer_subject: std::sync::OnceLock<String>,
+    pub peer_issuer: std::sync::OnceLock<String>,
+}
+
+impl ConnTls {
+    /// `TLSv1.3` style, as Envoy's `%UPSTREAM_TLS_VERSION%` prints it.
+    pub fn version_str(&self) -> Option<&'static str> {
+        self.version.get().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        })
+    }
+
+    pub fn cipher_str(&self) -> Option<&'static str> {
+        self.cipher.get().and_then(|c| c.as_str())
+    }
+}
 
 /// Everything a log line can show about one request (or TCP connection).
 #[derive(Debug)]
@@ -583,7 +610,7 @@ impl LogFormat {
             | "UPSTREAM_LOCAL_URI_SAN" => Op::AlwaysEmpty,
             other => {
                 let known = KNOWN_OPERATORS;
-                let hint = crate::config::diag::suggest(other, known.iter().copied())
+                let hint = crate::text::suggest(other, known.iter().copied())
                     .map(|s| format!(" (did you mean %{s}%?)"))
                     .unwrap_or_default();
                 return Err(format!("unknown access log operator %{other}%{hint}"));

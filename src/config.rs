@@ -110,7 +110,7 @@ impl OutboundPolicy {
         match s {
             "REGISTRY_ONLY" => Ok(OutboundPolicy::RegistryOnly),
             "ALLOW_ANY" => Ok(OutboundPolicy::AllowAny),
-            other => Err(match diag::suggest(other, Self::NAMES) {
+            other => Err(match crate::text::suggest(other, Self::NAMES) {
                 Some(s) => format!(
                     "unknown outbound traffic policy \"{other}\"; expected REGISTRY_ONLY or ALLOW_ANY (did you mean \"{s}\"?)"
                 ),

@@ -12,8 +12,9 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::access_log::ConnTls;
 use crate::error::{AttemptError, TlsFailure};
-use crate::tls::{ConnTls, Recording, TlsContext};
+use crate::tls::{Recording, TlsContext};
 
 /// An upstream transport: plain TCP or TLS over TCP.
 pub enum UpstreamIo {

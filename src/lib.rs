@@ -19,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod text;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

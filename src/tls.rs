@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::client::WebPkiServerVerifier;
@@ -30,6 +30,7 @@ use rustls::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 
+use crate::access_log::ConnTls;
 use crate::config::{
     Config, ConfigError, Origin, PemSource, Problems, TlsMode, TlsPolicy, TrustRoots,
 };
@@ -943,34 +944,6 @@ pub fn server_config(
             problems.error(&origin, "privateKey", msg, None);
             None
         }
-    }
-}
-
-/// What one TLS connection saw: whether the server asked for a client certificate (and which
-/// CAs it accepts), and what was negotiated.
-#[derive(Debug, Default)]
-pub struct ConnTls {
-    /// `Some(ca names)` once the server sent a CertificateRequest.
-    pub requested: Mutex<Option<Vec<String>>>,
-    pub client_cert_sent: bool,
-    pub version: std::sync::OnceLock<rustls::ProtocolVersion>,
-    pub cipher: std::sync::OnceLock<rustls::CipherSuite>,
-    pub peer_subject: std::sync::OnceLock<String>,
-    pub peer_issuer: std::sync::OnceLock<String>,
-}
-
-impl ConnTls {
-    /// `TLSv1.3` style, as Envoy's `%UPSTREAM_TLS_VERSION%` prints it.
-    pub fn version_str(&self) -> Option<&'static str> {
-        self.version.get().map(|v| match v {
-            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
-            _ => "TLS",
-        })
-    }
-
-    pub fn cipher_str(&self) -> Option<&'static str> {
-        self.cipher.get().and_then(|c| c.as_str())
     }
 }
 

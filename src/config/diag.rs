@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::text::suggest;
+
 /// Where a value sits in the configuration sources.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Origin {
@@ -196,37 +198,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The closest candidate to `word` (case-insensitive Levenshtein distance), if it is close enough
-/// to be a plausible typo.
-pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let lw = word.to_ascii_lowercase();
-    let mut best: Option<(usize, &'a str)> = None;
-    for c in candidates {
-        let d = levenshtein(&lw, &c.to_ascii_lowercase());
-        if best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
-        }
-    }
-    let (d, c) = best?;
-    let limit = (word.chars().count().max(c.chars().count()) / 3).max(1);
-    (d <= limit && d > 0 || (d == 0 && word != c)).then_some(c)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
-}
-
 /// Turns a serde error message into (message, hint). Unknown fields and enum values get a
 /// "did you mean" from the list serde gives.
 pub fn explain_serde_message(msg: &str) -> (String, Option<String>) {
@@ -266,25 +237,6 @@ pub fn explain_serde_message(msg: &str) -> (String, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suggests_close_words_only() {
-        assert_eq!(
-            suggest("REGISTER_ONLY", ["REGISTRY_ONLY", "ALLOW_ANY"]),
-            Some("REGISTRY_ONLY")
-        );
-        assert_eq!(
-            suggest("MUTAL", ["DISABLE", "SIMPLE", "MUTUAL"]),
-            Some("MUTUAL")
-        );
-        assert_eq!(
-            suggest("portLevelSetting", ["tls", "portLevelSettings"]),
-            Some("portLevelSettings")
-        );
-        assert_eq!(suggest("banana", ["DISABLE", "SIMPLE", "MUTUAL"]), None);
-        // A different case is a typo worth pointing at.
-        assert_eq!(suggest("simple", ["SIMPLE"]), Some("SIMPLE"));
-    }
 
     #[test]
     fn explains_serde_unknown_variant() {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::diag::{Origin, Problems, suggest};
+use super::diag::{Origin, Problems};
 use super::k8s::{Input, MeshConfigSpec, Meta, ObjSource, SecretData, decode};
 use super::spec::{
     Dur, EndpointSpec, PortSelectorSpec, PortSpec, SubsetSpec, TrafficPolicySpec,
@@ -30,6 +30,7 @@ use crate::route::{
     RouteAction, RouteMatch, RouteTable, StringMatch, VirtualHost, VirtualHosts, WeightedCluster,
     WeightedClusters,
 };
+use crate::text::suggest;
 
 /// Which proxy egret plays.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

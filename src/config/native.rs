@@ -445,7 +445,7 @@ pub(crate) fn lower_ports(
             Some(s) => match Protocol::parse(s) {
                 Some(proto) => proto,
                 None => {
-                    let hint = super::diag::suggest(s, Protocol::NAMES)
+                    let hint = crate::text::suggest(s, Protocol::NAMES)
                         .map(|s| format!("did you mean \"{s}\"?"));
                     problems.error(
                         origin,
