@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -25,70 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Endpoints, PemSource, TrustRoots};
 use crate::metrics::Metrics;
-use crate::proxy::Runtime;
-
-/// Where egret is in its life.
-#[derive(Debug)]
-pub struct Health {
-    state: AtomicU8,
-    pending: Mutex<Vec<String>>,
-}
-
-const STARTING: u8 = 0;
-const READY: u8 = 1;
-const DRAINING: u8 = 2;
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            state: AtomicU8::new(STARTING),
-            pending: Mutex::new(vec!["configuration not loaded yet".into()]),
-        }
-    }
-}
-
-impl Health {
-    pub fn set_pending(&self, reasons: Vec<String>) {
-        if let Ok(mut p) = self.pending.lock() {
-            *p = reasons;
-        }
-    }
-
-    pub fn set_ready(&self) {
-        self.set_pending(Vec::new());
-        let _ = self
-            .state
-            .compare_exchange(STARTING, READY, Ordering::SeqCst, Ordering::SeqCst);
-    }
-
-    pub fn set_draining(&self) {
-        self.state.store(DRAINING, Ordering::SeqCst);
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == DRAINING
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == READY
-    }
-
-    /// Envoy's server state word.
-    pub fn state_name(&self) -> &'static str {
-        match self.state.load(Ordering::Relaxed) {
-            READY => "LIVE",
-            DRAINING => "DRAINING",
-            _ => "PRE_INITIALIZING",
-        }
-    }
-
-    fn reasons(&self) -> Vec<String> {
-        match self.state.load(Ordering::Relaxed) {
-            DRAINING => vec!["draining: egret is shutting down".into()],
-            _ => self.pending.lock().map(|p| p.clone()).unwrap_or_default(),
-        }
-    }
-}
+use crate::runtime::{Health, Runtime};
 
 /// Requests the admin API makes of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::access_log::{AccessLog, LogFormat, Sink};
-use crate::admin::{self, Command, Health, LogLevelHandle, Ops, Server};
+use crate::admin::{self, Command, LogLevelHandle, Ops, Server};
 use crate::config::{AccessLogPath, Config, ConfigError, Problem};
 use crate::dns::Dns;
 use crate::listener;
 use crate::metrics::{CertExpiry, Metrics, Workload};
-use crate::proxy::Runtime;
+use crate::runtime::{Health, Runtime};
 use crate::tls::TlsContexts;
 use crate::upstream::{ClusterPool, UpstreamCtx};
 
@@ -459,7 +459,7 @@ impl App {
 
     /// Requests in flight, over all clusters.
     pub fn in_flight(&self) -> u64 {
-        crate::proxy::in_flight(&self.state.load())
+        self.state.load().in_flight()
     }
 }
 

@@ -8,20 +8,17 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
-pub mod body;
 pub mod config;
-pub mod connect;
 pub mod dns;
 pub mod error;
-pub mod h1;
-pub mod h1client;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod runtime;
 pub mod text;
 pub mod tls;
-pub mod tunnel;
 pub mod upstream;
 
 /// The hash map for per-request look-ups (routes, pools, listeners, metrics): foldhash, seeded

@@ -14,7 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::{self, ConnCtx, Runtime};
+use crate::http::server::{self, HEADER_READ_TIMEOUT, stopped};
+use crate::proxy;
+use crate::runtime::{ConnCtx, Runtime};
 
 static NEXT_DOWNSTREAM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -83,7 +85,7 @@ pub async fn serve_http(
                     tokio::spawn(async move {
                         let _active = ActiveGuard(cx_stats);
                         let _open = guard;
-                        crate::tunnel::serve(stream, ctx, rt, l4).await;
+                        proxy::tcp::serve(stream, ctx, rt, l4).await;
                     });
                     continue;
                 }
@@ -101,7 +103,8 @@ pub async fn serve_http(
                             }
                             // egret's own HTTP/1 loop; hyper takes over for what it does not do.
                             let mut stop = stop;
-                            if let Some(rest) = crate::h1::serve(stream, &ctx, &state, &mut stop).await {
+                            let handle = |req| proxy::handle(state.load_full(), &ctx, req);
+                            if let Some(rest) = server::serve(stream, handle, &mut stop).await {
                                 Box::pin(serve_conn(rest.into_io(), Proto::H1, ctx, state, builders, stop)).await;
                             }
                         }
@@ -144,8 +147,6 @@ impl Builders {
         Builders { h1, h2 }
     }
 }
-
-use crate::h1::HEADER_READ_TIMEOUT;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -282,9 +283,4 @@ async fn serve_conn<IO>(
     {
         proxy::log_codec_error(&state.load().access_log, &ctx, &e);
     }
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await.is_ok();
 }

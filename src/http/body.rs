@@ -103,14 +103,14 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body from the upstream: egret's own HTTP/1.1 client (requests without a body) or
 /// hyper's.
 pub enum UpstreamBody {
-    Relay(crate::h1client::RelayBody),
+    Relay(super::client::RelayBody),
     Hyper(Incoming),
 }
 
 impl UpstreamBody {
     /// The connection for the pool, when this body was read by egret's client to its end and
     /// the upstream allows reuse.
-    pub fn take_idle(&mut self) -> Option<crate::h1client::RawConn> {
+    pub fn take_idle(&mut self) -> Option<super::client::RawConn> {
         match self {
             UpstreamBody::Relay(b) => b.take_idle(),
             UpstreamBody::Hyper(_) => None,

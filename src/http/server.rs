@@ -19,11 +19,9 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -35,9 +33,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::body::Downstream;
-use crate::listener::stopped;
-use crate::proxy::{self, ConnCtx, ProxyBody, Runtime};
+use super::body::Downstream;
+use super::wire::{
+    push_date, push_headers, push_hex, recycle_header_map, spare_header_map, write_all_vectored,
+};
 
 /// Headers per request, as hyper's default (more: hyper answers 431).
 const MAX_HEADERS: usize = 100;
@@ -63,12 +62,21 @@ pub struct Handoff {
 
 /// Serves HTTP/1.1 requests on a plaintext connection until it closes (`None`), or until a
 /// request needs hyper (`Some`: serve the rest of the connection with hyper).
-pub async fn serve(
+///
+/// `handle` answers one request; it is called with each request in turn (the proxy passes a
+/// closure that loads the current runtime and routes). `stop` turning true ends the connection
+/// between requests, after the response in flight.
+pub async fn serve<H, F, B>(
     mut stream: TcpStream,
-    ctx: &ConnCtx,
-    state: &Arc<ArcSwap<Runtime>>,
+    mut handle: H,
     stop: &mut watch::Receiver<bool>,
-) -> Option<Handoff> {
+) -> Option<Handoff>
+where
+    H: FnMut(Request<Downstream>) -> F,
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // Bytes read but not yet parsed (a pipelined request). Empty, and unallocated, while idle.
     let mut buf = BytesMut::new();
     // The idle timer is registered once and moved only when it fires early: a new timer per
@@ -106,8 +114,7 @@ pub async fn serve(
             Head::Handoff(pre) => return Some(Handoff { pre, io: stream }),
         };
         let is_head = req.method() == Method::HEAD;
-        let rt = state.load_full();
-        let handling = Box::pin(proxy::handle(rt, ctx, req));
+        let handling = Box::pin(handle(req));
         // While the upstream works, a client that closes its connection cancels the request
         // (logged DC by the request's own drop), as hyper and Envoy do.
         let resp = tokio::select! {
@@ -130,6 +137,12 @@ pub async fn serve(
         }
         idle_since = Instant::now();
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone). The stop signal of the accept loops
+/// and of this loop; it lives here, the lowest floor that waits on it.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.is_ok();
 }
 
 /// Resolves when the client closed (or reset) its connection; pends forever once it sent more
@@ -268,7 +281,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return rebuild(buf);
     };
     // Room for the fields the proxy adds (x-request-id, x-forwarded-proto, the timeout hint).
-    let mut headers = crate::h1client::spare_header_map(slots.len() + 4);
+    let mut headers = spare_header_map(slots.len() + 4);
     for s in slots {
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(s.start..s.end)) else {
             return rebuild(buf);
@@ -300,9 +313,9 @@ enum Framing {
 }
 
 /// Encodes the status line and headers, choosing the body framing.
-fn encode_head(
+fn encode_head<B: Body>(
     out: &mut Vec<u8>,
-    resp: &Response<ProxyBody>,
+    resp: &Response<B>,
     is_head: bool,
     keep_alive: bool,
 ) -> Framing {
@@ -357,16 +370,20 @@ fn encode_head(
 
 /// Writes a response. An error means the connection must close (the client went away, or the
 /// body failed or broke its declared length); the access line is written either way.
-async fn write_response(
+async fn write_response<B>(
     stream: &mut TcpStream,
-    resp: Response<ProxyBody>,
+    resp: Response<B>,
     is_head: bool,
     keep_alive: bool,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut out = Vec::with_capacity(512);
     let framing = encode_head(&mut out, &resp, is_head, keep_alive);
     let (parts, mut body) = resp.into_parts();
-    crate::h1client::recycle_header_map(parts.headers);
+    recycle_header_map(parts.headers);
     if framing == Framing::None {
         // Dropping the body finishes its access line (hyper does not poll these either).
         drop(body);
@@ -455,74 +472,6 @@ async fn write_response(
         return Err(std::io::Error::other(
             "response body shorter than its content-length",
         ));
-    }
-    Ok(())
-}
-
-/// Appends `name: value` lines, leaving out `skip`.
-pub(crate) fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap, skip: Option<&HeaderName>) {
-    for (name, value) in headers {
-        if skip == Some(name) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-fn push_hex(out: &mut Vec<u8>, n: usize) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut tmp = [0u8; 16];
-    let mut i = tmp.len();
-    let mut v = n;
-    loop {
-        i -= 1;
-        tmp[i] = DIGITS[v & 0xf];
-        v >>= 4;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
-}
-
-/// Appends the current time as an HTTP date, formatted at most once a second per thread.
-fn push_date(out: &mut Vec<u8>) {
-    thread_local! {
-        static CACHE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
-    }
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    CACHE.with_borrow_mut(|(at, text)| {
-        if *at != secs {
-            let s = httpdate::fmt_http_date(now);
-            if s.len() == text.len() {
-                text.copy_from_slice(s.as_bytes());
-                *at = secs;
-            } else {
-                out.extend_from_slice(s.as_bytes());
-                return;
-            }
-        }
-        out.extend_from_slice(&text[..]);
-    });
-}
-
-async fn write_all_vectored(
-    stream: &mut TcpStream,
-    mut bufs: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        let n = stream.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
     }
     Ok(())
 }

@@ -1,0 +1,20 @@
+//! Upstream clusters at run time: address selection (DNS, static endpoints, `--connect-to`),
+//! load balancing over the addresses, a pool of keep-alive HTTP/1.1 connections per
+//! (cluster, host, address), and opening one upstream transport (TCP, then TLS with SNI).
+//!
+//! One pool per cluster means one TLS policy per pool: connections opened under one policy are
+//! never reused under another. Wildcard and passthrough clusters add the request's host to the
+//! key, so different hosts (and SNI names) never share a connection.
+//!
+//! - [`pool`]: the pool itself: idle connections, leases, the idle sweeper.
+//! - [`send`]: one HTTP request to a cluster; [`dial`]: opening connections (and raw streams
+//!   for TCP); [`endpoints`]: which address; [`connect`]: one TCP + TLS transport.
+
+pub mod connect;
+pub mod dial;
+pub mod endpoints;
+pub mod pool;
+pub mod send;
+
+pub use pool::{ClusterPool, ConnInfo, Lease, UpstreamCtx};
+pub use send::{Exchange, SendError};

@@ -1,0 +1,353 @@
+//! One HTTP request to a cluster: the address to try, a pooled connection or a new one, egret's
+//! own HTTP/1.1 client for a bodiless request or hyper's for one with a body, and the failure
+//! mapped to Envoy's taxonomy with the connection it happened on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::Request;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use crate::error::{AttemptError, ProxyError};
+use crate::http::body::{RequestBody, UpstreamBody};
+use crate::http::client::{ActiveGuard, ExchangeError, RawConn};
+use crate::http::wire::recycle_header_map;
+
+use super::connect::{self, Transport, UpstreamIo};
+use super::dial::{DialError, MAX_CONNECT_ATTEMPTS, new_conn};
+use super::pool::{ClusterPool, ConnInfo, Idle, IdleConn, Lease, UpstreamCtx};
+
+/// A successful exchange: the response head arrived. The lease goes back to the pool when the
+/// response (and request) bodies are complete.
+pub struct Exchange {
+    pub response: http::Response<UpstreamBody>,
+    pub conn: Arc<ConnInfo>,
+    pub lease: Lease,
+}
+
+/// A failed exchange, with the connection it failed on (if any) for the access log.
+pub struct SendError {
+    pub error: ProxyError,
+    pub conn: Option<Arc<ConnInfo>>,
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        SendError { error, conn: None }
+    }
+}
+
+/// What every attempt of one request shares.
+struct Attempt<'a> {
+    /// The pool key's host ("" for fixed-host clusters).
+    host_key: &'a str,
+    /// The host and port failures name.
+    target: (&'a str, u16),
+    /// Whether egret's own client takes the request (it has no body).
+    relay: bool,
+}
+
+/// How the pooled connections of one address answered.
+enum Pooled {
+    /// One took the request (or failed in a way no other connection would fix).
+    Done(Result<Exchange, SendError>),
+    /// None could take it: the request, still unsent.
+    NoneLeft(Request<RequestBody>),
+}
+
+impl ClusterPool {
+    /// Sends `req` to the cluster. `host` is the routed host (the DNS name and SNI for wildcard
+    /// and passthrough clusters), `req_port` the request's port (passthrough).
+    ///
+    /// A request without a body goes through egret's own HTTP/1.1 client (`http::client`); one
+    /// with a body through hyper's. Each address is tried with a pooled connection first, then
+    /// a new one; a failed connect moves on to the next address (at most
+    /// [`MAX_CONNECT_ATTEMPTS`]).
+    pub async fn send(
+        self: &Arc<Self>,
+        ctx: &UpstreamCtx,
+        host: &str,
+        req_port: u16,
+        mut req: Request<RequestBody>,
+    ) -> Result<Exchange, SendError> {
+        self.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+        let host_key: &str = if self.server_name.is_some() { "" } else { host };
+        let (addrs, logical_port) = self.addresses(ctx, host, req_port).await?;
+        let target_host = if host.is_empty()
+            || self.server_name.is_some() && !self.cluster.host.starts_with('*')
+        {
+            self.cluster.host.as_str()
+        } else {
+            host
+        };
+        let to = Attempt {
+            host_key,
+            target: (target_host, logical_port),
+            relay: http_body::Body::is_end_stream(req.body()),
+        };
+        let n = addrs.len();
+        let start = self.pick(host_key, &addrs);
+        let tries = n.min(MAX_CONNECT_ATTEMPTS);
+        let mut last: Option<(SocketAddr, AttemptError)> = None;
+        for attempt in 0..tries {
+            let addr = addrs.get((start + attempt) % n);
+            req = match self.send_pooled(&to, addr, req).await {
+                Pooled::Done(result) => return result,
+                Pooled::NoneLeft(req) => req,
+            };
+            // A new connection.
+            self.check_capacity()?;
+            match self.dial(addr, host, true).await {
+                Err(DialError::Fatal(e)) => return Err(e.into()),
+                Err(DialError::Attempt(e)) => last = Some((addr, e)),
+                Ok((io, transport)) => {
+                    return self.send_new(&to, addr, io, transport, req).await;
+                }
+            }
+        }
+        Err(self.connect_failure(host, last, tries).into())
+    }
+
+    /// Tries the pooled connections to `addr`, newest first, until one answers. A connection
+    /// found closed (stale) is dropped and the next one tried; the request comes back when no
+    /// pooled connection could take it.
+    async fn send_pooled(
+        self: &Arc<Self>,
+        to: &Attempt<'_>,
+        addr: SocketAddr,
+        mut req: Request<RequestBody>,
+    ) -> Pooled {
+        while let Some((idle, lease)) = self.checkout(to.host_key, addr) {
+            if idle.since.elapsed() > self.cluster.idle_timeout {
+                self.stats.cx_idle_timeout.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let IdleConn { kind, conn, .. } = idle;
+            conn.requests.fetch_add(1, Ordering::Relaxed);
+            let mut sender = match kind {
+                Idle::Relay(raw) if to.relay => {
+                    match self.relay(raw, lease, &conn, &req).await {
+                        Ok(x) => {
+                            recycle_header_map(req.into_parts().0.headers);
+                            return Pooled::Done(Ok(x));
+                        }
+                        // Closed under us before answering: another connection may serve a
+                        // request that is safe to repeat.
+                        Err(e) if e.nothing_received() && is_idempotent(req.method()) => {
+                            self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(e) => {
+                            return Pooled::Done(Err(self.exchange_error(
+                                &e,
+                                e.is_protocol(),
+                                &conn,
+                                to.target,
+                            )));
+                        }
+                    }
+                }
+                Idle::Relay(raw) => match self.start_hyper(raw, conn.id).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                },
+                Idle::Hyper(sender) => sender,
+            };
+            match tokio::time::timeout(Duration::from_secs(5), sender.ready()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    return Pooled::Done(Ok(Exchange {
+                        response: response.map(UpstreamBody::Hyper),
+                        conn,
+                        lease: lease.with_idle(Idle::Hyper(sender)),
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written: the connection closed under us; try another one.
+                    Some(r) => {
+                        self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
+                        req = r;
+                    }
+                    None => {
+                        let e = e.into_error();
+                        return Pooled::Done(Err(self.exchange_error(
+                            &e,
+                            is_parse(&e),
+                            &conn,
+                            to.target,
+                        )));
+                    }
+                },
+            }
+        }
+        Pooled::NoneLeft(req)
+    }
+
+    /// The exchange on a connection just opened to `addr`.
+    async fn send_new(
+        self: &Arc<Self>,
+        to: &Attempt<'_>,
+        addr: SocketAddr,
+        io: UpstreamIo,
+        transport: Transport,
+        req: Request<RequestBody>,
+    ) -> Result<Exchange, SendError> {
+        let conn = new_conn(transport);
+        let raw = RawConn::new(io, ActiveGuard::new(&self.stats));
+        if to.relay {
+            self.mark_active(to.host_key, addr, 1);
+            let lease = Lease::new(self.clone(), to.host_key, addr, conn.clone());
+            return match self.relay(raw, lease, &conn, &req).await {
+                Ok(x) => Ok(x),
+                Err(e) => Err(self.exchange_error(&e, e.is_protocol(), &conn, to.target)),
+            };
+        }
+        let mut sender = match self.start_hyper(raw, conn.id).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(self.exchange_error(&e, is_parse(&e), &conn, to.target));
+            }
+        };
+        self.mark_active(to.host_key, addr, 1);
+        let lease = Lease::new(self.clone(), to.host_key, addr, conn.clone());
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(Exchange {
+                response: response.map(UpstreamBody::Hyper),
+                conn,
+                lease: lease.with_idle(Idle::Hyper(sender)),
+            }),
+            Err(e) => {
+                let e = e.into_error();
+                Err(self.exchange_error(&e, is_parse(&e), &conn, to.target))
+            }
+        }
+    }
+
+    /// One exchange through egret's own client. The lease (and with it the connection) comes
+    /// back through the response body.
+    async fn relay(
+        &self,
+        raw: RawConn,
+        lease: Lease,
+        conn: &Arc<ConnInfo>,
+        req: &Request<RequestBody>,
+    ) -> Result<Exchange, ExchangeError> {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let (head, body) = raw.send(req.method(), path, req.headers()).await?;
+        let mut response = http::Response::new(UpstreamBody::Relay(body));
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok(Exchange {
+            response,
+            conn: conn.clone(),
+            lease,
+        })
+    }
+
+    /// Hands a connection to hyper's client (a request with a body).
+    async fn start_hyper(
+        &self,
+        raw: RawConn,
+        id: u64,
+    ) -> Result<http1::SendRequest<RequestBody>, hyper::Error> {
+        let (io, active) = raw.into_parts();
+        let (sender, connection) = http1::Builder::new()
+            .max_buf_size(1 << 20)
+            .handshake(TokioIo::new(io))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(conn = id, "upstream connection ended: {e}");
+            }
+            drop(active);
+        });
+        Ok(sender)
+    }
+
+    /// Maps a failure after the connection was established.
+    fn exchange_error(
+        &self,
+        e: &(dyn std::error::Error + 'static),
+        parse: bool,
+        conn: &Arc<ConnInfo>,
+        (host, port): (&str, u16),
+    ) -> SendError {
+        let server = format!("{host}:{port}");
+        let tls = connect::tls_failure_in(
+            e,
+            self.tls.as_deref(),
+            conn.transport.tls.as_deref(),
+            &server,
+        );
+        let error = if let Some(t) = tls {
+            self.stats
+                .ssl_connection_error
+                .fetch_add(1, Ordering::Relaxed);
+            ProxyError::UpstreamTls(t)
+        } else if parse {
+            ProxyError::UpstreamProtocol {
+                reason: format!(
+                    "{server} ({}) sent an invalid HTTP response: {e}",
+                    conn.transport.remote
+                ),
+            }
+        } else {
+            let first = if conn.requests.load(Ordering::Relaxed) <= 1 {
+                "on a new connection"
+            } else {
+                "on a reused connection"
+            };
+            ProxyError::UpstreamTerminated {
+                reason: format!(
+                    "{server} ({}) closed the connection before sending response headers {first}: {}",
+                    conn.transport.remote,
+                    error_chain(e)
+                ),
+            }
+        };
+        SendError {
+            error,
+            conn: Some(conn.clone()),
+        }
+    }
+}
+
+fn is_parse(e: &hyper::Error) -> bool {
+    e.is_parse() || e.is_parse_status()
+}
+
+/// RFC 9110 9.2.2: methods a client may repeat after a connection failed under it.
+fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
