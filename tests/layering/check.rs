@@ -227,8 +227,13 @@ fn check_files(files: &[SourceFile], floors: &BTreeMap<String, u32>) -> Report {
         };
         for (offset, written, target) in imports(f) {
             let line = f.code[..offset].matches('\n').count() + 1;
-            let Some(to) = target.first() else {
-                continue; // the crate root: FastMap and friends
+            // A path into the crate root (`crate::FastMap`) names no wing: only modules with a
+            // file of their own are wings.
+            let Some(to) = target
+                .first()
+                .filter(|_| by_module.contains_key(&target[..1]))
+            else {
+                continue;
             };
             report.edges += 1;
             // The binary's root stands above the library: it may use any wing.
@@ -301,6 +306,14 @@ fn imports(f: &SourceFile) -> Vec<(usize, String, Vec<String>)> {
             break;
         };
         let tree = &code[pos + 3..end];
+        // Only a use declaration: its tree holds nothing but paths, braces, commas and `as`.
+        let is_tree = tree
+            .bytes()
+            .all(|b| is_ident(b) || b":{},* \t\r\n".contains(&b));
+        if !is_tree {
+            i = pos + 3;
+            continue;
+        }
         let mut paths = Vec::new();
         expand_use(tree.trim(), String::new(), &mut paths);
         paths.retain(|p| is_ours(p, &children, f.is_bin_root));
@@ -426,7 +439,7 @@ fn expand_use(tree: &str, prefix: String, out: &mut Vec<String>) {
     let tree = tree.strip_prefix("::").unwrap_or(tree);
     if let Some(open) = tree.find('{') {
         let head = tree[..open].trim().trim_end_matches("::");
-        let close = tree.rfind('}').unwrap_or(tree.len());
+        let close = tree.rfind('}').filter(|&c| c > open).unwrap_or(tree.len());
         let inner = &tree[open + 1..close];
         let prefix = join(&prefix, head);
         let mut depth = 0;
