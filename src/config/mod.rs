@@ -7,8 +7,10 @@
 //! problem found on the way is collected ([`diag`]) so a broken config is reported in one run,
 //! and a config with errors is never used.
 //!
-//! The files depend one way: `load` → the front ends (`k8s`, `native`, `istio`) → `lower` →
-//! `decl`, `model`, `overrides`, `source`, `doc`, `spec`, `diag`.
+//! Inside the wing, files import each other one way only: `load` → the front ends (`k8s`,
+//! `native`, the Istio resolver) and `lower` → `decl` → the Istio data (`istio::store`,
+//! `istio::routing`, `istio::credentials`) → `model`, `overrides`, `source`, `doc`, `spec`,
+//! `diag`. Siblings are reached by their own paths, never through this façade.
 
 pub mod decl;
 mod describe;

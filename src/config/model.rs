@@ -173,7 +173,6 @@ impl Protocol {
         }
     }
 
-    /// Ports whose traffic egret's HTTP listeners route.
     /// TLS the client originates (HTTPS, TLS): served by passthrough (SNI) and CONNECT.
     pub fn is_tls(self) -> bool {
         matches!(self, Protocol::Https | Protocol::Tls)
@@ -187,6 +186,7 @@ impl Protocol {
         )
     }
 
+    /// Ports whose traffic egret's HTTP listeners route.
     pub fn is_http(self) -> bool {
         matches!(
             self,
