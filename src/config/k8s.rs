@@ -1,161 +1,24 @@
-//! Kubernetes documents: multi-document YAML, `kind: List` (what `kubectl get -o yaml` and
-//! `oc process -o yaml` print), OpenShift `Template`s with `${P}` / `${{P}}` parameters
-//! processed exactly as `oc process` does, `Secret`s (for `credentialName`) and the Istio
-//! MeshConfig (`--mesh-config`, or the `mesh` key of a ConfigMap).
+//! Kubernetes documents: `kind: List` (what `kubectl get -o yaml` and `oc process -o yaml`
+//! print), OpenShift `Template`s with `${P}` / `${{P}}` parameters processed exactly as
+//! `oc process` does, `Secret`s (for `credentialName`) and the Istio MeshConfig
+//! (`--mesh-config`, or the `mesh` key of a ConfigMap). Splitting the stream and decoding a
+//! document are in [`doc`](crate::config::doc).
 //!
-//! Istio objects are handed to `istio.rs`; other Kubernetes objects (Deployment, Service, ...)
-//! are skipped with a debug note.
+//! Istio objects are handed to the Istio store; other Kubernetes objects (Deployment, Service,
+//! ...) are skipped with a debug note.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use base64::Engine as _;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
-use super::diag::{Origin, Problems, explain_serde_message};
-use super::{Model, Source};
-
-/// One YAML document of a source.
-pub struct Doc<'a> {
-    pub text: &'a str,
-    /// 1-based.
-    pub index: usize,
-    /// Line of the document's first line in the file (1-based).
-    pub first_line: usize,
-    /// Whether the source has several documents (then messages name the document).
-    pub multi: bool,
-}
-
-/// Splits a YAML stream at `---` lines (and after `...`).
-pub fn split_documents<'a>(text: &'a str) -> Vec<Doc<'a>> {
-    let mut docs = Vec::new();
-    let mut start = 0usize;
-    let mut start_line = 1usize;
-    let mut offset = 0usize;
-    let push = |from: usize, to: usize, first_line: usize, docs: &mut Vec<Doc<'a>>| {
-        let t = &text[from..to];
-        if t.lines().any(|l| {
-            let l = l.trim();
-            !l.is_empty() && !l.starts_with('#')
-        }) {
-            docs.push(Doc {
-                text: t,
-                index: 0,
-                first_line,
-                multi: false,
-            });
-        }
-    };
-    for (line_no, line) in (1usize..).zip(text.split_inclusive('\n')) {
-        let trimmed = line.trim_end();
-        let is_start =
-            trimmed == "---" || trimmed.starts_with("--- ") || trimmed.starts_with("---\t");
-        let is_end = trimmed == "...";
-        if is_start || is_end {
-            push(start, offset, start_line, &mut docs);
-            // `--- key: value` keeps content on the marker line.
-            start = if is_start && trimmed.len() > 3 {
-                offset + 4
-            } else {
-                offset + line.len()
-            };
-            start_line = if is_start && trimmed.len() > 3 {
-                line_no
-            } else {
-                line_no + 1
-            };
-        }
-        offset += line.len();
-    }
-    push(start, text.len(), start_line, &mut docs);
-    let multi = docs.len() > 1;
-    for (i, d) in docs.iter_mut().enumerate() {
-        d.index = i + 1;
-        d.multi = multi;
-    }
-    docs
-}
-
-/// Whether a document is a Kubernetes object (has a top-level `apiVersion` or `kind`).
-pub fn is_kubernetes(doc: &str) -> bool {
-    doc.lines()
-        .any(|l| l.starts_with("apiVersion:") || l.starts_with("kind:"))
-}
-
-/// Where an object came from, for messages.
-#[derive(Clone, Debug)]
-pub struct ObjSource {
-    pub origin: Origin,
-    /// Field path prefix inside the document (`items[2]`, `objects[1]`), empty at top level.
-    pub prefix: String,
-    pub base_dir: Option<PathBuf>,
-}
-
-impl ObjSource {
-    pub fn path(&self, rest: &str) -> String {
-        match (self.prefix.is_empty(), rest.is_empty()) {
-            (true, _) => rest.to_string(),
-            (false, true) => self.prefix.clone(),
-            (false, false) => format!("{}.{rest}", self.prefix),
-        }
-    }
-}
-
-/// A document's payload: the text (line numbers in errors) or an already parsed tree (items of
-/// a List, objects of a processed Template).
-pub enum Input<'a> {
-    Text(&'a str, usize),
-    Value(serde_json::Value),
-}
-
-/// Deserializes `input` into `T`, reporting the field path (and line, for text) on error.
-pub fn decode<T: DeserializeOwned>(
-    input: Input<'_>,
-    src: &ObjSource,
-    problems: &mut Problems,
-) -> Option<T> {
-    match input {
-        Input::Text(text, line_offset) => {
-            let mut path = String::new();
-            let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-                serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
-                    path = e.path().to_string();
-                    e.into_inner()
-                })
-            });
-            match result {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    let mut origin = src.origin.clone();
-                    if let Some(loc) = e.location() {
-                        origin.line_col =
-                            Some((loc.line() as usize + line_offset, loc.column() as usize));
-                    }
-                    let first = e.to_string();
-                    let first = first.lines().next().unwrap_or("").to_string();
-                    let msg = first.split_once(": ").map(|(_, r)| r).unwrap_or(&first);
-                    let msg = match msg.split_once(": ") {
-                        Some((head, rest)) if head.starts_with("line ") => rest,
-                        _ => msg,
-                    };
-                    let (message, hint) = explain_serde_message(msg);
-                    problems.error(&origin, src.path(&path), message, hint);
-                    None
-                }
-            }
-        }
-        Input::Value(v) => match serde_path_to_error::deserialize::<_, T>(v) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let path = e.path().to_string();
-                let (message, hint) = explain_serde_message(&e.into_inner().to_string());
-                problems.error(&src.origin, src.path(&path), message, hint);
-                None
-            }
-        },
-    }
-}
+use crate::config::decl::Model;
+use crate::config::diag::{Origin, Problems};
+use crate::config::doc::{Doc, Input, Meta, ObjSource, decode};
+use crate::config::istio::credentials::SecretData;
+use crate::config::istio::resources::MeshConfigSpec;
+use crate::config::istio::store::add_object;
+use crate::config::source::Source;
 
 /// The parts of any object egret looks at before knowing its kind.
 #[derive(Debug, Deserialize)]
@@ -166,17 +29,6 @@ struct Envelope {
     kind: Option<String>,
     #[serde(default)]
     metadata: Option<Meta>,
-}
-
-/// `metadata`: only what egret uses; other keys (uid, resourceVersion, ...) are allowed.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct Meta {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,59 +93,6 @@ struct SecretDoc {
 struct ConfigMapDoc {
     #[serde(default)]
     data: BTreeMap<String, String>,
-}
-
-/// The MeshConfig fields egret honours. Other MeshConfig fields are accepted and ignored: they
-/// configure the control plane, tracing, etc.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshConfigSpec {
-    #[serde(default)]
-    pub outbound_traffic_policy: Option<MeshOutboundSpec>,
-    #[serde(default)]
-    pub access_log_file: Option<String>,
-    #[serde(default)]
-    pub access_log_encoding: Option<MeshEncodingSpec>,
-    #[serde(default)]
-    pub access_log_format: Option<String>,
-    #[serde(default)]
-    pub default_config: Option<MeshProxyConfig>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeshOutboundSpec {
-    pub mode: MeshOutboundMode,
-    #[serde(default, rename = "egressProxy")]
-    pub egress_proxy: Option<serde_json::Value>,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum MeshOutboundMode {
-    RegistryOnly,
-    AllowAny,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum MeshEncodingSpec {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshProxyConfig {
-    #[serde(default)]
-    pub drain_duration: Option<super::spec::Dur>,
-}
-
-/// A Kubernetes Secret's keys (decoded), for `credentialName`.
-#[derive(Clone, Debug)]
-pub struct SecretData {
-    pub keys: HashMap<String, Vec<u8>>,
-    pub origin: Origin,
 }
 
 /// Parses one Kubernetes document (and the objects inside a List or Template).
@@ -390,7 +189,7 @@ fn object(
                 );
                 return;
             }
-            super::istio::add_object(kind, input, env.metadata.unwrap_or_default(), &src, model, problems);
+            add_object(kind, input, env.metadata.unwrap_or_default(), &src, &mut model.istio, problems);
         }
         "Secret" => {
             if let Some(s) = decode::<SecretDoc>(input, &src, problems) {
@@ -625,18 +424,6 @@ pub fn parse_param_file(text: &str, file: &str) -> Result<Vec<(String, String)>,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn documents_split_on_markers_with_line_numbers() {
-        let t = "a: 1\n---\n# only a comment\n---\nkind: X\nb: 2\n...\n--- c: 3\n";
-        let d = split_documents(t);
-        assert_eq!(d.len(), 3);
-        assert_eq!(d[0].text, "a: 1\n");
-        assert_eq!((d[1].first_line, d[1].index), (5, 2));
-        assert_eq!(d[1].text, "kind: X\nb: 2\n");
-        assert_eq!(d[2].text, "c: 3\n");
-        assert!(d[0].multi);
-    }
 
     #[test]
     fn substitution_follows_oc_process() {

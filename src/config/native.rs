@@ -10,12 +10,15 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::diag::{Origin, Problems};
-use super::spec::{Dur, EndpointSpec, PortSpec, TrafficPolicySpec};
-use super::{
-    AccessLogConfig, DnsConfig, IpFamily, ListenerDecl, ListenerKind, Model, OutboundPolicy,
-    PolicyDecl, PortDecl, Protocol, Resolution, ServiceDecl, Source, check_host,
+use crate::config::decl::{
+    ListenerDecl, ListenerKind, Model, PolicyDecl, Resolution, ServiceDecl, check_host,
+    check_port_level, lower_ports,
 };
+use crate::config::diag::{Origin, Problems};
+use crate::config::doc::{Doc, Input, ObjSource, decode};
+use crate::config::model::{AccessLogConfig, DnsConfig, IpFamily, OutboundPolicy};
+use crate::config::source::Source;
+use crate::config::spec::{Dur, EndpointSpec, PortSpec, TrafficPolicySpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -154,7 +157,7 @@ impl From<ResolutionSpec> for Resolution {
 /// Parses one native document into the model.
 pub(crate) fn parse_doc(
     source: &Source,
-    doc: &super::k8s::Doc<'_>,
+    doc: &Doc<'_>,
     model: &mut Model,
     problems: &mut Problems,
 ) {
@@ -162,21 +165,20 @@ pub(crate) fn parse_doc(
     if doc.multi {
         origin = origin.doc(doc.index);
     }
-    let src = super::k8s::ObjSource {
+    let src = ObjSource {
         origin: origin.clone(),
         prefix: String::new(),
         base_dir: source.base_dir.clone(),
     };
-    let Some(cfg) = super::k8s::decode::<NativeConfig>(
-        super::k8s::Input::Text(doc.text, doc.first_line - 1),
-        &src,
-        problems,
-    ) else {
+    let Some(cfg) =
+        decode::<NativeConfig>(Input::Text(doc.text, doc.first_line - 1), &src, problems)
+    else {
         return;
     };
     lower(cfg, source.base_dir.as_deref(), &origin, model, problems);
 }
 
+/// Lowers one native document: listeners, the global settings, then the destinations.
 fn lower(
     cfg: NativeConfig,
     base_dir: Option<&Path>,
@@ -185,72 +187,9 @@ fn lower(
     problems: &mut Problems,
 ) {
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let path = format!("listeners[{i}]");
-        let address = match l.address.parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => {
-                problems.error(
-                    origin,
-                    format!("{path}.address"),
-                    format!("\"{}\" is not IP:PORT", l.address),
-                    Some("write it like 127.0.0.1:15001, 0.0.0.0:80 or [::]:80".into()),
-                );
-                continue;
-            }
-        };
-        let port = match l.port {
-            None => None,
-            Some(p) => match u16::try_from(p) {
-                Ok(p) if p > 0 => Some(p),
-                _ => {
-                    problems.error(
-                        origin,
-                        format!("{path}.port"),
-                        format!("{p} is not a port number (1-65535)"),
-                        None,
-                    );
-                    continue;
-                }
-            },
-        };
-        let kind = match l
-            .protocol
-            .as_deref()
-            .map(str::to_ascii_uppercase)
-            .as_deref()
-        {
-            None | Some("HTTP") => ListenerKind::Http,
-            Some("TCP") => ListenerKind::Tcp,
-            Some("TLS") => ListenerKind::Tls,
-            Some(other) => {
-                problems.error(
-                    origin,
-                    format!("{path}.protocol"),
-                    format!("unknown listener protocol \"{other}\""),
-                    Some("use HTTP, TCP or TLS".into()),
-                );
-                continue;
-            }
-        };
-        if kind != ListenerKind::Http && port.is_none() {
-            problems.error(
-                origin,
-                format!("{path}.port"),
-                format!("a {kind:?} listener needs the destination port it serves"),
-                Some("add port: <the destinations' port number>".into()),
-            );
-            continue;
+        if let Some(decl) = lower_listener(l, i, origin, problems) {
+            model.listeners.push(decl);
         }
-        model.listeners.push(ListenerDecl {
-            name: l.name.clone().unwrap_or_else(|| match port {
-                Some(p) => format!("{}_{p}", address.ip()),
-                None => "outbound".into(),
-            }),
-            address,
-            port,
-            kind,
-            origin: origin.clone(),
-        });
     }
 
     if let Some(p) = cfg.outbound_traffic_policy {
@@ -268,82 +207,12 @@ fn lower(
     }
 
     if let Some(d) = cfg.dns {
-        let mut dns = DnsConfig::default();
-        for (i, s) in d.servers.iter().enumerate() {
-            match parse_dns_server(s) {
-                Ok(a) => dns.servers.push(a),
-                Err(e) => problems.error(origin, format!("dns.servers[{i}]"), e, None),
-            }
-        }
-        if let Some(t) = d.timeout {
-            dns.timeout = t.0;
-        }
-        if let Some(a) = d.attempts {
-            dns.attempts = a.max(1) as usize;
-        }
-        if let Some(t) = d.min_ttl {
-            dns.min_ttl = t.0;
-        }
-        if let Some(t) = d.max_ttl {
-            dns.max_ttl = t.0;
-        }
-        if dns.min_ttl > dns.max_ttl {
-            problems.error(
-                origin,
-                "dns.minTtl",
-                format!(
-                    "minTtl ({:?}) is larger than maxTtl ({:?})",
-                    dns.min_ttl, dns.max_ttl
-                ),
-                None,
-            );
-        }
-        if let Some(f) = d.ip_family {
-            dns.family = match f {
-                IpFamilySpec::Any => IpFamily::Any,
-                IpFamilySpec::V4Only => IpFamily::V4Only,
-                IpFamilySpec::V6Only => IpFamily::V6Only,
-            };
-        }
+        let dns = lower_dns(d, origin, problems);
         set_once(&mut model.dns, dns, origin, "dns", problems);
     }
 
     if let Some(a) = cfg.access_log {
-        let mut log = AccessLogConfig::default();
-        if let Some(p) = &a.path {
-            log.path = AccessLogConfig::parse_path(p);
-        }
-        if let Some(e) = a.encoding {
-            log.encoding = match e {
-                EncodingSpec::Text => crate::access_log::Encoding::Text,
-                EncodingSpec::Json => crate::access_log::Encoding::Json,
-            };
-        }
-        match a.format {
-            None => {}
-            Some(FormatSpec::Text(t)) => log.format = Some(t),
-            Some(FormatSpec::Map(m)) => {
-                if log.encoding != crate::access_log::Encoding::Json {
-                    problems.error(
-                        origin,
-                        "accessLog.format",
-                        "a map of keys is a JSON format, but accessLog.encoding is TEXT",
-                        Some("set accessLog.encoding: JSON, or write format as one string".into()),
-                    );
-                }
-                let mut obj = String::from("{");
-                for (i, (k, v)) in m.iter().enumerate() {
-                    if i > 0 {
-                        obj.push(',');
-                    }
-                    obj.push_str(&json_quote(k));
-                    obj.push(':');
-                    obj.push_str(&json_quote(v));
-                }
-                obj.push('}');
-                log.format = Some(obj);
-            }
-        }
+        let log = lower_access_log(a, origin, problems);
         set_once(&mut model.access_log, log, origin, "accessLog", problems);
     }
 
@@ -351,6 +220,163 @@ fn lower(
         let path = format!("destinations[{i}]");
         lower_destination(d, &path, base_dir, origin, model, problems);
     }
+}
+
+/// Checks one `listeners[]` entry: its address, the port it routes as, and what it speaks.
+fn lower_listener(
+    l: &ListenerSpec,
+    i: usize,
+    origin: &Origin,
+    problems: &mut Problems,
+) -> Option<ListenerDecl> {
+    let path = format!("listeners[{i}]");
+    let address = match l.address.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            problems.error(
+                origin,
+                format!("{path}.address"),
+                format!("\"{}\" is not IP:PORT", l.address),
+                Some("write it like 127.0.0.1:15001, 0.0.0.0:80 or [::]:80".into()),
+            );
+            return None;
+        }
+    };
+    let port = match l.port {
+        None => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                problems.error(
+                    origin,
+                    format!("{path}.port"),
+                    format!("{p} is not a port number (1-65535)"),
+                    None,
+                );
+                return None;
+            }
+        },
+    };
+    let kind = match l
+        .protocol
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("HTTP") => ListenerKind::Http,
+        Some("TCP") => ListenerKind::Tcp,
+        Some("TLS") => ListenerKind::Tls,
+        Some(other) => {
+            problems.error(
+                origin,
+                format!("{path}.protocol"),
+                format!("unknown listener protocol \"{other}\""),
+                Some("use HTTP, TCP or TLS".into()),
+            );
+            return None;
+        }
+    };
+    if kind != ListenerKind::Http && port.is_none() {
+        problems.error(
+            origin,
+            format!("{path}.port"),
+            format!("a {kind:?} listener needs the destination port it serves"),
+            Some("add port: <the destinations' port number>".into()),
+        );
+        return None;
+    }
+    Some(ListenerDecl {
+        name: l.name.clone().unwrap_or_else(|| match port {
+            Some(p) => format!("{}_{p}", address.ip()),
+            None => "outbound".into(),
+        }),
+        address,
+        port,
+        kind,
+        origin: origin.clone(),
+    })
+}
+
+/// The `dns` block over the defaults.
+fn lower_dns(d: DnsSpec, origin: &Origin, problems: &mut Problems) -> DnsConfig {
+    let mut dns = DnsConfig::default();
+    for (i, s) in d.servers.iter().enumerate() {
+        match parse_dns_server(s) {
+            Ok(a) => dns.servers.push(a),
+            Err(e) => problems.error(origin, format!("dns.servers[{i}]"), e, None),
+        }
+    }
+    if let Some(t) = d.timeout {
+        dns.timeout = t.0;
+    }
+    if let Some(a) = d.attempts {
+        dns.attempts = a.max(1) as usize;
+    }
+    if let Some(t) = d.min_ttl {
+        dns.min_ttl = t.0;
+    }
+    if let Some(t) = d.max_ttl {
+        dns.max_ttl = t.0;
+    }
+    if dns.min_ttl > dns.max_ttl {
+        problems.error(
+            origin,
+            "dns.minTtl",
+            format!(
+                "minTtl ({:?}) is larger than maxTtl ({:?})",
+                dns.min_ttl, dns.max_ttl
+            ),
+            None,
+        );
+    }
+    if let Some(f) = d.ip_family {
+        dns.family = match f {
+            IpFamilySpec::Any => IpFamily::Any,
+            IpFamilySpec::V4Only => IpFamily::V4Only,
+            IpFamilySpec::V6Only => IpFamily::V6Only,
+        };
+    }
+    dns
+}
+
+/// The `accessLog` block over the defaults; a JSON `format` map becomes one JSON object string.
+fn lower_access_log(a: AccessLogSpec, origin: &Origin, problems: &mut Problems) -> AccessLogConfig {
+    let mut log = AccessLogConfig::default();
+    if let Some(p) = &a.path {
+        log.path = AccessLogConfig::parse_path(p);
+    }
+    if let Some(e) = a.encoding {
+        log.encoding = match e {
+            EncodingSpec::Text => crate::access_log::Encoding::Text,
+            EncodingSpec::Json => crate::access_log::Encoding::Json,
+        };
+    }
+    match a.format {
+        None => {}
+        Some(FormatSpec::Text(t)) => log.format = Some(t),
+        Some(FormatSpec::Map(m)) => {
+            if log.encoding != crate::access_log::Encoding::Json {
+                problems.error(
+                    origin,
+                    "accessLog.format",
+                    "a map of keys is a JSON format, but accessLog.encoding is TEXT",
+                    Some("set accessLog.encoding: JSON, or write format as one string".into()),
+                );
+            }
+            let mut obj = String::from("{");
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    obj.push(',');
+                }
+                obj.push_str(&json_quote(k));
+                obj.push(':');
+                obj.push_str(&json_quote(v));
+            }
+            obj.push('}');
+            log.format = Some(obj);
+        }
+    }
+    log
 }
 
 fn set_once<T>(
@@ -397,126 +423,6 @@ pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
     Err(format!(
         "\"{s}\" is not a DNS server address; write IP or IP:PORT (e.g. 10.96.0.10 or 127.0.0.1:5353)"
     ))
-}
-
-/// Checks and converts `ports[]`; shared with ServiceEntry.
-pub(crate) fn lower_ports(
-    ports: &[PortSpec],
-    path: &str,
-    origin: &Origin,
-    problems: &mut Problems,
-) -> Vec<PortDecl> {
-    let mut out: Vec<PortDecl> = Vec::new();
-    if ports.is_empty() {
-        problems.error(
-            origin,
-            format!("{path}.ports"),
-            "no ports declared",
-            Some("declare the ports the app calls, e.g. {number: 80, name: http, protocol: HTTP, targetPort: 443}".into()),
-        );
-    }
-    for (i, p) in ports.iter().enumerate() {
-        let ppath = format!("{path}.ports[{i}]");
-        let Some(number) = u16::try_from(p.number).ok().filter(|n| *n > 0) else {
-            problems.error(
-                origin,
-                format!("{ppath}.number"),
-                format!("{} is not a port number (1-65535)", p.number),
-                None,
-            );
-            continue;
-        };
-        let target_port = match p.target_port {
-            None => None,
-            Some(t) => match u16::try_from(t).ok().filter(|n| *n > 0) {
-                Some(t) => Some(t),
-                None => {
-                    problems.error(
-                        origin,
-                        format!("{ppath}.targetPort"),
-                        format!("{t} is not a port number (1-65535)"),
-                        None,
-                    );
-                    continue;
-                }
-            },
-        };
-        let protocol = match &p.protocol {
-            Some(s) => match Protocol::parse(s) {
-                Some(proto) => proto,
-                None => {
-                    let hint = crate::text::suggest(s, Protocol::NAMES)
-                        .map(|s| format!("did you mean \"{s}\"?"));
-                    problems.error(
-                        origin,
-                        format!("{ppath}.protocol"),
-                        format!(
-                            "unknown protocol \"{s}\"; expected one of {}",
-                            Protocol::NAMES.join(", ")
-                        ),
-                        hint,
-                    );
-                    continue;
-                }
-            },
-            None => p
-                .name
-                .as_deref()
-                .and_then(Protocol::from_port_name)
-                .unwrap_or(Protocol::Unspecified),
-        };
-        if out.iter().any(|o| o.number == number) {
-            problems.error(
-                origin,
-                format!("{ppath}.number"),
-                format!("port {number} is declared twice"),
-                None,
-            );
-            continue;
-        }
-        out.push(PortDecl {
-            number,
-            name: p.name.clone(),
-            protocol,
-            target_port,
-        });
-    }
-    out
-}
-
-/// Checks that every `portLevelSettings[].port.number` is a port of the destination.
-pub(crate) fn check_port_level(
-    tp: &TrafficPolicySpec,
-    ports: &[PortDecl],
-    host: &str,
-    path: &str,
-    origin: &Origin,
-    problems: &mut Problems,
-) {
-    for (i, pl) in tp.port_level_settings.iter().enumerate() {
-        if !ports.iter().any(|p| u32::from(p.number) == pl.port.number) {
-            let declared: Vec<String> = ports.iter().map(|p| p.number.to_string()).collect();
-            let target_hint = ports
-                .iter()
-                .find(|p| p.target_port.map(u32::from) == Some(pl.port.number))
-                .map(|p| {
-                    format!(
-                        "portLevelSettings match the service port number, not targetPort: use {} (which targets {})",
-                        p.number, pl.port.number
-                    )
-                });
-            problems.error(
-                origin,
-                format!("{path}.portLevelSettings[{i}].port.number"),
-                format!(
-                    "{} is not a port of {host} (declared: {})",
-                    pl.port.number,
-                    declared.join(", ")
-                ),
-                target_hint.or_else(|| Some("use one of the declared port numbers".into())),
-            );
-        }
-    }
 }
 
 fn lower_destination(
@@ -602,160 +508,4 @@ fn lower_destination(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Overrides, load};
-
-    fn errors(yaml: &str) -> Vec<String> {
-        match load(&[Source::inline("test.yaml", yaml)], &Overrides::default()) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.messages(),
-        }
-    }
-
-    #[test]
-    fn unknown_field_names_the_path_and_suggests() {
-        let e = errors(
-            "destinations:\n  - hosts: [a.example.com]\n    ports: [{number: 80}]\n    trafficPolicy:\n      portLevelSetting: []\n",
-        );
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("error: test.yaml:5:7: destinations[0].trafficPolicy.portLevelSetting: unknown field \"portLevelSetting\""), "{}", e[0]);
-        assert!(
-            e[0].contains("did you mean \"portLevelSettings\"?"),
-            "{}",
-            e[0]
-        );
-    }
-
-    #[test]
-    fn misspelled_enum_values_are_errors() {
-        let e = errors("outboundTrafficPolicy:\n  mode: REGISTER_ONLY\n");
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(
-            e[0].contains("outboundTrafficPolicy.mode: unknown value \"REGISTER_ONLY\""),
-            "{}",
-            e[0]
-        );
-        assert!(e[0].contains("did you mean \"REGISTRY_ONLY\"?"), "{}", e[0]);
-        let e = errors(
-            "destinations:\n  - hosts: [a.example.com]\n    ports: [{number: 443}]\n    trafficPolicy:\n      tls: {mode: MUTAL}\n",
-        );
-        assert!(e[0].contains("did you mean \"MUTUAL\"?"), "{}", e[0]);
-    }
-
-    #[test]
-    fn semantic_errors_are_all_reported() {
-        let e = errors(
-            "destinations:\n  - hosts: [a.example.com, 'bad host']\n    ports: [{number: 80, protocol: HTTPX}, {number: 70000}]\n    trafficPolicy:\n      portLevelSettings:\n        - port: {number: 443}\n          tls: {mode: MUTUAL}\n",
-        );
-        let all = e.join("\n");
-        assert!(
-            all.contains("destinations[0].hosts[1]: \"bad host\" is not a valid host name"),
-            "{all}"
-        );
-        assert!(
-            all.contains("destinations[0].ports[0].protocol: unknown protocol \"HTTPX\""),
-            "{all}"
-        );
-        assert!(all.contains("did you mean \"HTTP\"?"), "{all}");
-        assert!(
-            all.contains("destinations[0].ports[1].number: 70000 is not a port number"),
-            "{all}"
-        );
-        assert!(
-            all.contains("portLevelSettings[0].port.number: 443 is not a port of a.example.com"),
-            "{all}"
-        );
-    }
-
-    #[test]
-    fn mutual_without_key_is_an_error_not_plaintext() {
-        let e = errors(
-            "destinations:\n  - hosts: [kafka.example.com]\n    ports: [{number: 9093, protocol: TLS}]\n    trafficPolicy:\n      tls: {mode: MUTUAL, clientCertificate: /c.pem}\n",
-        );
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(
-            e[0].contains("mode MUTUAL but privateKey is missing"),
-            "{}",
-            e[0]
-        );
-        assert!(e[0].contains("never falls back to plaintext"), "{}", e[0]);
-    }
-
-    #[test]
-    fn istio_mutual_says_what_to_use() {
-        let e = errors(
-            "destinations:\n  - hosts: [a.example.com]\n    ports: [{number: 443}]\n    trafficPolicy:\n      tls: {mode: ISTIO_MUTUAL}\n",
-        );
-        assert!(
-            e[0].contains("ISTIO_MUTUAL needs an Istio mesh identity"),
-            "{}",
-            e[0]
-        );
-        assert!(e[0].contains("use mode: MUTUAL"), "{}", e[0]);
-    }
-
-    #[test]
-    fn port_level_settings_pointing_at_target_port_get_a_hint() {
-        let e = errors(
-            "destinations:\n  - hosts: [www.oracle.com]\n    ports: [{number: 80, targetPort: 443}]\n    trafficPolicy:\n      portLevelSettings:\n        - port: {number: 443}\n          tls: {mode: SIMPLE}\n",
-        );
-        assert!(e[0].contains("use 80 (which targets 443)"), "{}", e[0]);
-    }
-
-    #[test]
-    fn duplicate_host_port_is_reported_with_both_places() {
-        let e = errors(
-            "destinations:\n  - hosts: [a.example.com]\n    ports: [{number: 80}]\n  - hosts: [a.example.com]\n    ports: [{number: 80}]\n",
-        );
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(
-            e[0].contains(
-                "host a.example.com port 80 is declared twice (also by test.yaml: destinations[0])"
-            ),
-            "{}",
-            e[0]
-        );
-    }
-
-    #[test]
-    fn oracle_style_destination_lowers_to_envoy_clusters() {
-        let cfg = load(
-            &[Source::inline(
-                "t.yaml",
-                "destinations:\n  - hosts: [www.oracle.com]\n    ports:\n      - {number: 80, name: http-port, protocol: HTTP, targetPort: 443}\n      - {number: 443, name: https-port, protocol: HTTPS}\n    resolution: DNS\n    trafficPolicy:\n      portLevelSettings:\n        - port: {number: 80}\n          tls: {mode: SIMPLE}\n",
-            )],
-            &Overrides::default(),
-        )
-        .expect("loads");
-        let c80 = cfg
-            .clusters
-            .iter()
-            .find(|c| c.name == "outbound|80||www.oracle.com")
-            .expect("cluster 80");
-        assert_eq!(
-            c80.endpoints,
-            crate::config::Endpoints::Dns(vec![crate::config::DnsEndpoint {
-                name: Some("www.oracle.com".into()),
-                port: Some(443)
-            }])
-        );
-        assert_eq!(
-            c80.tls.as_ref().map(|t| t.mode),
-            Some(crate::config::TlsMode::Simple)
-        );
-        let c443 = cfg
-            .clusters
-            .iter()
-            .find(|c| c.name == "outbound|443||www.oracle.com")
-            .expect("cluster 443");
-        assert!(
-            c443.tls.is_none(),
-            "port-level settings do not leak to other ports"
-        );
-        let d = cfg.describe();
-        assert!(d.contains("www.oracle.com"), "{d}");
-        assert!(d.contains("outbound|80||www.oracle.com"), "{d}");
-        assert!(d.contains("www.oracle.com:443"), "{d}");
-    }
-}
+mod tests;

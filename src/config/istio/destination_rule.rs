@@ -1,0 +1,179 @@
+//! DestinationRules: each service gets the rule Istio would pick (the proxy's namespace first,
+//! then the service's, then any other that is exported; an exact host before the most specific
+//! wildcard), as its traffic policy and subsets. Rules that match nothing or collide are
+//! reported.
+
+use std::sync::Arc;
+
+use crate::config::decl::{PolicyDecl, PortDecl, ServiceDecl, check_port_level};
+use crate::config::diag::Problems;
+use crate::config::istio::credentials::Credentials;
+use crate::config::istio::names::{Names, host_matches, selects, visible};
+use crate::config::istio::options::{IstioOptions, Role};
+use crate::config::istio::resources::DestinationRuleSpec;
+use crate::config::istio::store::{Obj, Store};
+use crate::text::suggest;
+
+/// A rule that applies to this proxy, with its host expanded.
+type Applicable<'a> = (&'a Obj<DestinationRuleSpec>, String);
+
+/// Finds each service's DestinationRule (the proxy's namespace first, then the service's, then
+/// any other that is exported), and reports rules that match nothing or collide.
+pub(super) fn attach_destination_rules(
+    store: &Store,
+    services: &mut [ServiceDecl],
+    names: &Names<'_>,
+    opts: &IstioOptions,
+    credentials: &Arc<Credentials>,
+    problems: &mut Problems,
+) {
+    let applicable = applicable_rules(store, services, names, opts, problems);
+    // Two rules for the same host in the same namespace: Istio keeps the first one's
+    // trafficPolicy and silently drops the other's.
+    for (i, (a, ha)) in applicable.iter().enumerate() {
+        for (b, hb) in applicable.iter().skip(i + 1) {
+            if ha == hb && a.namespace == b.namespace {
+                problems.error(
+                    b.origin(),
+                    b.path("host"),
+                    format!("DestinationRules {} and {} both apply to {ha}", a.id(), b.id()),
+                    Some("Istio would silently drop the second rule's trafficPolicy (including portLevelSettings); merge them into one rule".into()),
+                );
+            }
+        }
+    }
+    for svc in services.iter_mut() {
+        attach(svc, &applicable, &opts.namespace, credentials, problems);
+    }
+}
+
+/// The rules that apply to this proxy (workloadSelector, exportTo) and name a declared host;
+/// the others are skipped, or reported when their host is not declared.
+fn applicable_rules<'a>(
+    store: &'a Store,
+    services: &[ServiceDecl],
+    names: &Names<'_>,
+    opts: &IstioOptions,
+    problems: &mut Problems,
+) -> Vec<Applicable<'a>> {
+    let proxy_ns = opts.namespace.as_str();
+    let labels = match opts.role {
+        Role::Sidecar => &opts.workload_labels,
+        Role::Gateway => &opts.gateway_selector,
+    };
+    let mut applicable: Vec<Applicable<'a>> = Vec::new();
+    for dr in &store.destination_rules {
+        let host = names.fqdn(&dr.spec.host, &dr.namespace);
+        if let Some(ws) = &dr.spec.workload_selector
+            && (dr.namespace != proxy_ns || !selects(ws.labels(), labels))
+        {
+            continue;
+        }
+        if !visible(&dr.spec.export_to, &dr.namespace, proxy_ns) {
+            continue;
+        }
+        if !services
+            .iter()
+            .any(|s| host_matches(&host, &s.host) || s.host == host)
+        {
+            let known: Vec<&str> = services.iter().map(|s| s.host.as_str()).collect();
+            problems.error(
+                dr.origin(),
+                dr.path("host"),
+                format!(
+                    "DestinationRule {} is for {host}, which no ServiceEntry declares",
+                    dr.id()
+                ),
+                Some(match suggest(&host, known.iter().copied()) {
+                    Some(s) => format!("did you mean \"{s}\"?"),
+                    None => "declare the host in a ServiceEntry, or fix the host".into(),
+                }),
+            );
+            continue;
+        }
+        let mut seen_subsets: Vec<&str> = Vec::new();
+        for (i, s) in dr.spec.subsets.iter().enumerate() {
+            if seen_subsets.contains(&s.name.as_str()) {
+                problems.error(
+                    dr.origin(),
+                    dr.path(&format!("subsets[{i}].name")),
+                    format!("subset \"{}\" is defined twice", s.name),
+                    None,
+                );
+            }
+            seen_subsets.push(&s.name);
+        }
+        applicable.push((dr, host));
+    }
+    applicable
+}
+
+/// Gives `svc` the rule Istio picks for it, after checking the rule's policy against the
+/// service's ports.
+fn attach(
+    svc: &mut ServiceDecl,
+    applicable: &[Applicable<'_>],
+    proxy_ns: &str,
+    credentials: &Arc<Credentials>,
+    problems: &mut Problems,
+) {
+    let svc_ns = svc.namespace.clone().unwrap_or_default();
+    let candidates =
+        |ns_pred: &dyn Fn(&str) -> bool| -> Option<&(&Obj<DestinationRuleSpec>, String)> {
+            // Exact host first, then the most specific wildcard.
+            let in_ns: Vec<&(&Obj<DestinationRuleSpec>, String)> = applicable
+                .iter()
+                .filter(|(dr, _)| ns_pred(&dr.namespace))
+                .collect();
+            in_ns
+                .iter()
+                .find(|(_, h)| *h == svc.host)
+                .copied()
+                .or_else(|| {
+                    in_ns
+                        .iter()
+                        .filter(|(_, h)| h.starts_with('*') && host_matches(h, &svc.host))
+                        .max_by_key(|(_, h)| h.len())
+                        .copied()
+                })
+        };
+    let found = candidates(&|ns| ns == proxy_ns)
+        .or_else(|| candidates(&|ns| ns == svc_ns))
+        .or_else(|| candidates(&|_| true));
+    let Some((dr, _)) = found else { return };
+    let tp = dr.spec.traffic_policy.clone().unwrap_or_default();
+    let ports: Vec<PortDecl> = svc.ports.clone();
+    check_port_level(
+        &tp,
+        &ports,
+        &svc.host,
+        &dr.path("trafficPolicy"),
+        dr.origin(),
+        problems,
+    );
+    if tp.outlier_detection.is_some() {
+        problems.warn(
+            dr.origin(),
+            dr.path("trafficPolicy.outlierDetection"),
+            "outlierDetection is accepted but not acted on: egret does not eject hosts",
+            None,
+        );
+    }
+    if tp.tunnel.is_some() || tp.proxy_protocol.is_some() {
+        problems.error(
+            dr.origin(),
+            dr.path("trafficPolicy"),
+            "tunnel and proxyProtocol are not supported",
+            Some("remove them; egret would not honour them".into()),
+        );
+    }
+    svc.policy = Some(PolicyDecl {
+        spec: tp,
+        origin: dr.origin().clone(),
+        path: dr.path("trafficPolicy"),
+        base_dir: dr.src.base_dir.clone(),
+        subsets: dr.spec.subsets.clone(),
+        credentials: Some(credentials.clone()),
+        namespace: dr.namespace.clone(),
+    });
+}
