@@ -1,4 +1,4 @@
-//! egret's own HTTP/1.1 loop (src/h1.rs) on the wire: pipelining, `Connection: close`, bodiless
+//! egret's own HTTP/1.1 loop (src/http/server.rs) on the wire: pipelining, `Connection: close`, bodiless
 //! responses (HEAD, 204), chunked responses of unknown length, and the hand-over to hyper for
 //! requests with a body, on one keep-alive connection each, against a real origin.
 

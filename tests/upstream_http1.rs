@@ -1,4 +1,4 @@
-//! egret's own upstream HTTP/1.1 client (src/h1client.rs) against a scripted origin that writes
+//! egret's own upstream HTTP/1.1 client (src/http/client.rs) against a scripted origin that writes
 //! exact bytes: chunked bodies with extensions and trailers cut into 3-byte writes, interim
 //! 1xx responses, duplicate and conflicting `Content-Length`, bodies delimited by the end of the
 //! connection, bodies cut short, pooled connections the origin closed while idle, and a reused

@@ -27,7 +27,7 @@ impl BodyProgress {
 }
 
 /// A request body as it arrives from the client: hyper's body, or `None` for a request that
-/// has none (egret's own HTTP/1 reader only takes those; see `h1`).
+/// has none (egret's own HTTP/1 reader only takes those; see `server`).
 pub type Downstream = Option<Incoming>;
 
 /// The request body sent upstream: the downstream body, counted.

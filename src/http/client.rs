@@ -1,5 +1,5 @@
 //! egret's own HTTP/1.1 client for requests without a body: the upstream half of the hot path
-//! (`h1` is the downstream half).
+//! (`server` is the downstream half).
 //!
 //! Why not hyper's client for these: hyper drives every upstream connection from a task of its
 //! own, so a request crosses tasks twice (the request over a channel to the connection task, the

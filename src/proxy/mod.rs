@@ -3,9 +3,9 @@
 //! - [`http`]: an HTTP request, in named steps: authority (Host, absolute-form URI or
 //!   :authority) -> route -> rewrite (hop-by-hop headers, x-request-id, Host) -> upstream ->
 //!   response. Failures become local replies with Envoy's status, flags and details.
-//! - [`finish`]: how a request ends: exactly one access-log line, written when the response
+//! - `finish`: how a request ends: exactly one access-log line, written when the response
 //!   completes or, if the client goes away, when the request is dropped.
-//! - [`tunnel`]: HTTP `CONNECT`; [`tcp`]: TCP and TLS-passthrough listeners; both splice bytes
+//! - `tunnel`: HTTP `CONNECT`; [`tcp`]: TCP and TLS-passthrough listeners; both splice bytes
 //!   with [`pump`], and read SNI with [`client_hello`].
 
 pub mod client_hello;

@@ -65,7 +65,7 @@ impl ClusterPool {
     /// A request without a body goes through egret's own HTTP/1.1 client (`http::client`); one
     /// with a body through hyper's. Each address is tried with a pooled connection first, then
     /// a new one; a failed connect moves on to the next address (at most
-    /// [`MAX_CONNECT_ATTEMPTS`]).
+    /// `MAX_CONNECT_ATTEMPTS`).
     pub async fn send(
         self: &Arc<Self>,
         ctx: &UpstreamCtx,
