@@ -34,7 +34,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::metrics::ClusterStats;
-use crate::upstream::connect::UpstreamIo;
+use crate::tls::UpstreamIo;
 
 use super::wire::{push_headers, spare_header_map};
 

@@ -6,9 +6,8 @@
 //! - `finish`: how a request ends: exactly one access-log line, written when the response
 //!   completes or, if the client goes away, when the request is dropped.
 //! - `tunnel`: HTTP `CONNECT`; [`tcp`]: TCP and TLS-passthrough listeners; both splice bytes
-//!   with [`pump`], and read SNI with [`client_hello`].
+//!   with [`pump`], and read SNI with `tls::client_hello`.
 
-pub mod client_hello;
 mod finish;
 pub mod http;
 pub mod pump;

@@ -17,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::access_log::AccessRecord;
 use crate::error::Flags;
 use crate::metrics::ClusterStats;
-use crate::upstream::connect::{self, UpstreamIo};
+use crate::tls::UpstreamIo;
+use crate::upstream::connect;
 use crate::upstream::{ClusterPool, ConnInfo};
 
 /// Counts bytes and activity on one side, records whether that side failed, and (upstream TLS)

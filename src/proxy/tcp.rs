@@ -13,9 +13,9 @@ use crate::error::{Flags, ProxyError};
 use crate::metrics::RequestReport;
 use crate::route::L4Routes;
 use crate::runtime::{ConnCtx, Runtime};
+use crate::tls::client_hello::{Hello, read_client_hello};
 use crate::upstream::ClusterPool;
 
-use super::client_hello::{Hello, read_client_hello};
 use super::pump::{pump, record_upstream, underscored};
 
 /// Serves one connection accepted on a TCP or TLS-passthrough listener.

@@ -12,8 +12,8 @@ use crate::error::{Flags, ProxyError};
 use crate::http::body::Downstream;
 use crate::route::{PortSource, normalize_host};
 use crate::runtime::Runtime;
+use crate::tls::client_hello::{Hello, read_client_hello};
 
-use super::client_hello::{Hello, read_client_hello};
 use super::finish::{Failure, Inner, Outcome, Pending, ProxyBody};
 use super::pump::{pump, record_upstream};
 

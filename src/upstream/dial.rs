@@ -10,7 +10,9 @@ use rustls::pki_types::ServerName;
 
 use crate::error::{AttemptError, ConnectFailure, ProxyError};
 
-use super::connect::{self, Transport, UpstreamIo};
+use crate::tls::UpstreamIo;
+
+use super::connect::{self, Transport};
 use super::pool::{ClusterPool, ConnInfo, UpstreamCtx};
 
 /// Why one connection attempt did not produce a connection.

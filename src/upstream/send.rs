@@ -16,7 +16,9 @@ use crate::http::body::{RequestBody, UpstreamBody};
 use crate::http::client::{ActiveGuard, ExchangeError, RawConn};
 use crate::http::wire::recycle_header_map;
 
-use super::connect::{self, Transport, UpstreamIo};
+use crate::tls::UpstreamIo;
+
+use super::connect::{self, Transport};
 use super::dial::{DialError, MAX_CONNECT_ATTEMPTS, new_conn};
 use super::pool::{ClusterPool, ConnInfo, Idle, IdleConn, Lease, UpstreamCtx};
 
