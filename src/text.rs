@@ -1,4 +1,4 @@
-//! Text helpers that messages across the house share: the "did you mean" that config errors and
+//! Text helpers the house shares: the "did you mean" that config errors and
 //! access-log format errors offer for a misspelt name.
 //!
 //! A leaf on the bottom floor (it uses nothing of egret's), so any wing may call it.
@@ -56,4 +56,18 @@ mod tests {
         // A different case is a typo worth pointing at.
         assert_eq!(suggest("simple", ["SIMPLE"]), Some("SIMPLE"));
     }
+}
+
+/// `v` in decimal ASCII digits, written at the end of `buf`.
+pub fn decimal(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
 }

@@ -345,7 +345,7 @@ fn encode_head<B: Body>(
         match resp.body().size_hint().exact() {
             Some(n) => {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(crate::access_log::decimal(&mut [0; 20], n));
+                out.extend_from_slice(crate::text::decimal(&mut [0; 20], n));
                 out.extend_from_slice(b"\r\n");
                 Framing::Length(n)
             }
