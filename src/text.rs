@@ -34,6 +34,20 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// `v` in decimal ASCII digits, written at the end of `buf`.
+pub fn decimal(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,18 +70,4 @@ mod tests {
         // A different case is a typo worth pointing at.
         assert_eq!(suggest("simple", ["SIMPLE"]), Some("SIMPLE"));
     }
-}
-
-/// `v` in decimal ASCII digits, written at the end of `buf`.
-pub fn decimal(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }

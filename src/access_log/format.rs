@@ -328,81 +328,31 @@ impl LogFormat {
     }
 
     fn op(&mut self, name: &str, arg: Option<&str>) -> Result<Op, String> {
-        let no_arg = |op: Op| -> Result<Op, String> {
-            match arg {
+        if let Some(op) = plain_op(name) {
+            return match arg {
                 None => Ok(op),
                 Some(_) => Err(format!("%{name}% takes no argument")),
-            }
-        };
-        let header_pair = |this: &mut Self,
-                           arg: Option<&str>,
-                           list: u8|
-         -> Result<(usize, Option<usize>), String> {
-            let arg = arg.ok_or_else(|| {
-                format!("%{name}(...)% needs a header name, e.g. %{name}(USER-AGENT)%")
-            })?;
-            if arg.contains('\n') {
-                return Err(format!(
-                    "%{name}(...)%: header names cannot contain a newline"
-                ));
-            }
-            let mut parts = arg.split('?');
-            let main = parts.next().unwrap_or("");
-            let alt = parts.next();
-            if parts.next().is_some() {
-                return Err(format!(
-                    "%{name}({arg})%: at most one '?' alternative is allowed"
-                ));
-            }
-            match list {
-                0 => {
-                    let a = this.req_index(HeaderKey::parse(main)?);
-                    let b = match alt {
-                        Some(alt) => Some(this.req_index(HeaderKey::parse(alt)?)),
-                        None => None,
-                    };
-                    Ok((a, b))
-                }
-                1 => {
-                    let a = Self::name_index(&mut this.resp_headers, main)?;
-                    let b = alt
-                        .map(|x| Self::name_index(&mut this.resp_headers, x))
-                        .transpose()?;
-                    Ok((a, b))
-                }
-                _ => {
-                    let a = Self::name_index(&mut this.trailer_headers, main)?;
-                    let b = alt
-                        .map(|x| Self::name_index(&mut this.trailer_headers, x))
-                        .transpose()?;
-                    Ok((a, b))
-                }
-            }
-        };
+            };
+        }
         Ok(match name {
             "START_TIME" | "START_TIME_LOCAL" => Op::StartTime(time_fmt(arg)?),
             "EMIT_TIME" => Op::EmitTime(time_fmt(arg)?),
             "REQ" | "REQUEST_HEADER" => {
-                let (a, b) = header_pair(self, arg, 0)?;
+                let (a, b) = self.header_slots(name, arg, Slots::Request)?;
                 Op::Req(a, b, false)
             }
             "REQ_WITHOUT_QUERY" => {
-                let (a, b) = header_pair(self, arg, 0)?;
+                let (a, b) = self.header_slots(name, arg, Slots::Request)?;
                 Op::Req(a, b, true)
             }
             "RESP" | "RESPONSE_HEADER" => {
-                let (a, b) = header_pair(self, arg, 1)?;
+                let (a, b) = self.header_slots(name, arg, Slots::Response)?;
                 Op::Resp(a, b)
             }
             "TRAILER" | "RESPONSE_TRAILER" => {
-                let (a, b) = header_pair(self, arg, 2)?;
+                let (a, b) = self.header_slots(name, arg, Slots::Trailer)?;
                 Op::Trailer(a, b)
             }
-            "PROTOCOL" => no_arg(Op::Protocol)?,
-            "UPSTREAM_PROTOCOL" => no_arg(Op::UpstreamProtocol)?,
-            "RESPONSE_CODE" => no_arg(Op::ResponseCode)?,
-            "RESPONSE_FLAGS" => no_arg(Op::ResponseFlags)?,
-            "RESPONSE_FLAGS_LONG" => no_arg(Op::ResponseFlagsLong)?,
             "RESPONSE_CODE_DETAILS" => match arg {
                 None => Op::ResponseCodeDetails(false),
                 Some("ALLOW_WHITESPACES") => Op::ResponseCodeDetails(true),
@@ -412,80 +362,59 @@ impl LogFormat {
                     ));
                 }
             },
-            "CONNECTION_TERMINATION_DETAILS" => no_arg(Op::ConnectionTerminationDetails)?,
-            "UPSTREAM_TRANSPORT_FAILURE_REASON" => no_arg(Op::UpstreamTransportFailureReason)?,
-            "BYTES_RECEIVED" | "UPSTREAM_WIRE_BYTES_SENT" | "DOWNSTREAM_WIRE_BYTES_RECEIVED" => {
-                no_arg(Op::BytesReceived)?
-            }
-            "BYTES_SENT" | "UPSTREAM_WIRE_BYTES_RECEIVED" | "DOWNSTREAM_WIRE_BYTES_SENT" => {
-                no_arg(Op::BytesSent)?
-            }
-            "DURATION" => no_arg(Op::Duration)?,
-            "REQUEST_DURATION" => no_arg(Op::RequestDuration)?,
-            "RESPONSE_DURATION" => no_arg(Op::ResponseDuration)?,
-            "RESPONSE_TX_DURATION" => no_arg(Op::ResponseTxDuration)?,
-            "UPSTREAM_HOST" => no_arg(Op::UpstreamHost)?,
-            "UPSTREAM_HOST_NAME" => no_arg(Op::UpstreamHostName)?,
-            "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => no_arg(Op::UpstreamCluster)?,
-            "UPSTREAM_LOCAL_ADDRESS" => no_arg(Op::UpstreamLocalAddress)?,
+            // Envoy's `_WITHOUT_PORT` operators take an optional argument (which egret ignores).
             "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::UpstreamLocalAddressWithoutPort,
-            "UPSTREAM_LOCAL_PORT" => no_arg(Op::UpstreamLocalPort)?,
-            "UPSTREAM_REMOTE_ADDRESS" => no_arg(Op::UpstreamRemoteAddress)?,
             "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => Op::UpstreamRemoteAddressWithoutPort,
-            "UPSTREAM_REMOTE_PORT" => no_arg(Op::UpstreamRemotePort)?,
-            "UPSTREAM_TLS_VERSION" => no_arg(Op::UpstreamTlsVersion)?,
-            "UPSTREAM_TLS_CIPHER" => no_arg(Op::UpstreamTlsCipher)?,
-            "UPSTREAM_PEER_SUBJECT" => no_arg(Op::UpstreamPeerSubject)?,
-            "UPSTREAM_PEER_ISSUER" => no_arg(Op::UpstreamPeerIssuer)?,
-            "UPSTREAM_REQUEST_ATTEMPT_COUNT" => no_arg(Op::UpstreamRequestAttemptCount)?,
-            "UPSTREAM_CONNECTION_ID" => no_arg(Op::UpstreamConnectionId)?,
-            "DOWNSTREAM_LOCAL_ADDRESS" => no_arg(Op::DownstreamLocalAddress)?,
             "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Op::DownstreamLocalAddressWithoutPort,
-            "DOWNSTREAM_LOCAL_PORT" => no_arg(Op::DownstreamLocalPort)?,
-            "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
-                no_arg(Op::DownstreamRemoteAddress)?
-            }
             "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT"
             | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => {
                 Op::DownstreamRemoteAddressWithoutPort
             }
-            "DOWNSTREAM_REMOTE_PORT" | "DOWNSTREAM_DIRECT_REMOTE_PORT" => {
-                no_arg(Op::DownstreamRemotePort)?
-            }
-            "REQUESTED_SERVER_NAME" => no_arg(Op::RequestedServerName)?,
-            "ROUTE_NAME" => no_arg(Op::RouteName)?,
-            "CONNECTION_ID" => no_arg(Op::ConnectionId)?,
-            "HOSTNAME" => no_arg(Op::Hostname)?,
-            "LOCAL_REPLY_BODY" => no_arg(Op::LocalReplyBody)?,
             "ENVIRONMENT" => Op::Environment(
                 arg.ok_or("%ENVIRONMENT(NAME)% needs a variable name")?
                     .to_string(),
             ),
-            "DYNAMIC_METADATA"
-            | "CLUSTER_METADATA"
-            | "UPSTREAM_METADATA"
-            | "FILTER_STATE"
-            | "UPSTREAM_FILTER_STATE"
-            | "GRPC_STATUS"
-            | "GRPC_STATUS_NUMBER"
-            | "STREAM_ID"
-            | "VIRTUAL_CLUSTER_NAME"
-            | "DOWNSTREAM_PEER_SUBJECT"
-            | "DOWNSTREAM_PEER_ISSUER"
-            | "DOWNSTREAM_TLS_VERSION"
-            | "DOWNSTREAM_TLS_CIPHER"
-            | "DOWNSTREAM_PEER_URI_SAN"
-            | "DOWNSTREAM_LOCAL_URI_SAN"
-            | "UPSTREAM_PEER_URI_SAN"
-            | "UPSTREAM_LOCAL_URI_SAN" => Op::AlwaysEmpty,
+            name if ALWAYS_EMPTY.contains(&name) => Op::AlwaysEmpty,
             other => {
-                let known = KNOWN_OPERATORS;
-                let hint = crate::text::suggest(other, known.iter().copied())
+                let hint = crate::text::suggest(other, KNOWN_OPERATORS.iter().copied())
                     .map(|s| format!(" (did you mean %{s}%?)"))
                     .unwrap_or_default();
                 return Err(format!("unknown access log operator %{other}%{hint}"));
             }
         })
+    }
+
+    /// The header slots of `%NAME(MAIN?ALT)%`: the main header and its optional alternative.
+    fn header_slots(
+        &mut self,
+        name: &str,
+        arg: Option<&str>,
+        slots: Slots,
+    ) -> Result<(usize, Option<usize>), String> {
+        let arg = arg.ok_or_else(|| {
+            format!("%{name}(...)% needs a header name, e.g. %{name}(USER-AGENT)%")
+        })?;
+        if arg.contains('\n') {
+            return Err(format!(
+                "%{name}(...)%: header names cannot contain a newline"
+            ));
+        }
+        let mut parts = arg.split('?');
+        let main = parts.next().unwrap_or("");
+        let alt = parts.next();
+        if parts.next().is_some() {
+            return Err(format!(
+                "%{name}({arg})%: at most one '?' alternative is allowed"
+            ));
+        }
+        let mut slot = |header: &str| match slots {
+            Slots::Request => Ok(self.req_index(HeaderKey::parse(header)?)),
+            Slots::Response => Self::name_index(&mut self.resp_headers, header),
+            Slots::Trailer => Self::name_index(&mut self.trailer_headers, header),
+        };
+        let a = slot(main)?;
+        let b = alt.map(&mut slot).transpose()?;
+        Ok((a, b))
     }
 
     /// Copies the request headers the format uses into the record.
@@ -553,6 +482,84 @@ impl LogFormat {
         !self.trailer_headers.is_empty()
     }
 }
+
+/// Which header list a `%REQ%`, `%RESP%` or `%TRAILER%` operator reads.
+#[derive(Clone, Copy)]
+enum Slots {
+    Request,
+    Response,
+    Trailer,
+}
+
+/// The operators that take no argument, by name (aliases included).
+fn plain_op(name: &str) -> Option<Op> {
+    Some(match name {
+        "PROTOCOL" => Op::Protocol,
+        "UPSTREAM_PROTOCOL" => Op::UpstreamProtocol,
+        "RESPONSE_CODE" => Op::ResponseCode,
+        "RESPONSE_FLAGS" => Op::ResponseFlags,
+        "RESPONSE_FLAGS_LONG" => Op::ResponseFlagsLong,
+        "CONNECTION_TERMINATION_DETAILS" => Op::ConnectionTerminationDetails,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => Op::UpstreamTransportFailureReason,
+        "BYTES_RECEIVED" | "UPSTREAM_WIRE_BYTES_SENT" | "DOWNSTREAM_WIRE_BYTES_RECEIVED" => {
+            Op::BytesReceived
+        }
+        "BYTES_SENT" | "UPSTREAM_WIRE_BYTES_RECEIVED" | "DOWNSTREAM_WIRE_BYTES_SENT" => {
+            Op::BytesSent
+        }
+        "DURATION" => Op::Duration,
+        "REQUEST_DURATION" => Op::RequestDuration,
+        "RESPONSE_DURATION" => Op::ResponseDuration,
+        "RESPONSE_TX_DURATION" => Op::ResponseTxDuration,
+        "UPSTREAM_HOST" => Op::UpstreamHost,
+        "UPSTREAM_HOST_NAME" => Op::UpstreamHostName,
+        "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Op::UpstreamCluster,
+        "UPSTREAM_LOCAL_ADDRESS" => Op::UpstreamLocalAddress,
+        "UPSTREAM_LOCAL_PORT" => Op::UpstreamLocalPort,
+        "UPSTREAM_REMOTE_ADDRESS" => Op::UpstreamRemoteAddress,
+        "UPSTREAM_REMOTE_PORT" => Op::UpstreamRemotePort,
+        "UPSTREAM_TLS_VERSION" => Op::UpstreamTlsVersion,
+        "UPSTREAM_TLS_CIPHER" => Op::UpstreamTlsCipher,
+        "UPSTREAM_PEER_SUBJECT" => Op::UpstreamPeerSubject,
+        "UPSTREAM_PEER_ISSUER" => Op::UpstreamPeerIssuer,
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Op::UpstreamRequestAttemptCount,
+        "UPSTREAM_CONNECTION_ID" => Op::UpstreamConnectionId,
+        "DOWNSTREAM_LOCAL_ADDRESS" => Op::DownstreamLocalAddress,
+        "DOWNSTREAM_LOCAL_PORT" => Op::DownstreamLocalPort,
+        "DOWNSTREAM_REMOTE_ADDRESS" | "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => {
+            Op::DownstreamRemoteAddress
+        }
+        "DOWNSTREAM_REMOTE_PORT" | "DOWNSTREAM_DIRECT_REMOTE_PORT" => Op::DownstreamRemotePort,
+        "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
+        "ROUTE_NAME" => Op::RouteName,
+        "CONNECTION_ID" => Op::ConnectionId,
+        "HOSTNAME" => Op::Hostname,
+        "LOCAL_REPLY_BODY" => Op::LocalReplyBody,
+        _ => return None,
+    })
+}
+
+/// Operators that exist in Envoy but have no value in egret (metadata, filter state, gRPC,
+/// downstream TLS): they compile, so Envoy formats work unchanged, and print `-`.
+const ALWAYS_EMPTY: &[&str] = &[
+    "DYNAMIC_METADATA",
+    "CLUSTER_METADATA",
+    "UPSTREAM_METADATA",
+    "FILTER_STATE",
+    "UPSTREAM_FILTER_STATE",
+    "GRPC_STATUS",
+    "GRPC_STATUS_NUMBER",
+    "STREAM_ID",
+    "VIRTUAL_CLUSTER_NAME",
+    "DOWNSTREAM_PEER_SUBJECT",
+    "DOWNSTREAM_PEER_ISSUER",
+    "DOWNSTREAM_TLS_VERSION",
+    "DOWNSTREAM_TLS_CIPHER",
+    "DOWNSTREAM_PEER_URI_SAN",
+    "DOWNSTREAM_LOCAL_URI_SAN",
+    "UPSTREAM_PEER_URI_SAN",
+    "UPSTREAM_LOCAL_URI_SAN",
+];
 
 const KNOWN_OPERATORS: &[&str] = &[
     "START_TIME",

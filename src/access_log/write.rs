@@ -86,36 +86,6 @@ impl LogFormat {
 
     /// Writes the operator's value; `false` = no value (printed `-`, or `null` in JSON).
     fn write_op(&self, out: &mut String, op: &Op, rec: &AccessRecord) -> bool {
-        let ms = |from: Instant, to: Option<Instant>| -> Option<u128> {
-            to.map(|t| t.saturating_duration_since(from).as_millis())
-        };
-        let num = |out: &mut String, v: Option<u128>| -> bool {
-            match v {
-                Some(v) => {
-                    push_u128(out, v);
-                    true
-                }
-                None => false,
-            }
-        };
-        let addr = |out: &mut String, a: Option<SocketAddr>| -> bool {
-            match a {
-                Some(a) => {
-                    push_addr(out, a);
-                    true
-                }
-                None => false,
-            }
-        };
-        let s = |out: &mut String, v: Option<&str>| -> bool {
-            match v {
-                Some(v) if !v.is_empty() => {
-                    out.push_str(v);
-                    true
-                }
-                _ => false,
-            }
-        };
         match op {
             Op::StartTime(f) => {
                 write_time(out, rec.start, f);
@@ -151,7 +121,7 @@ impl LogFormat {
                     .get(*a)
                     .and_then(Option::as_ref)
                     .or_else(|| b.and_then(|b| rec.resp.get(b).and_then(Option::as_ref)));
-                s(out, v.and_then(|v| v.to_str().ok()))
+                put_str(out, v.and_then(|v| v.to_str().ok()))
             }
             Op::Trailer(a, b) => {
                 let v = rec
@@ -159,15 +129,15 @@ impl LogFormat {
                     .get(*a)
                     .and_then(Option::as_ref)
                     .or_else(|| b.and_then(|b| rec.trailers.get(b).and_then(Option::as_ref)));
-                s(out, v.and_then(|v| v.to_str().ok()))
+                put_str(out, v.and_then(|v| v.to_str().ok()))
             }
-            Op::Protocol => s(out, rec.protocol.map(version_str)),
-            Op::UpstreamProtocol => s(
+            Op::Protocol => put_str(out, rec.protocol.map(version_str)),
+            Op::UpstreamProtocol => put_str(
                 out,
                 (rec.http && rec.upstream_host.is_some()).then_some("HTTP/1.1"),
             ),
             // Envoy prints 0 for TCP connections, which have no status.
-            Op::ResponseCode => num(out, Some(u128::from(rec.status))),
+            Op::ResponseCode => put_num(out, Some(u128::from(rec.status))),
             Op::ResponseFlags => {
                 rec.flags.write_short(out);
                 true
@@ -177,7 +147,7 @@ impl LogFormat {
                 true
             }
             Op::ResponseCodeDetails(allow_ws) => match &rec.details {
-                Some(d) if *allow_ws => s(out, Some(d)),
+                Some(d) if *allow_ws => put_str(out, Some(d)),
                 Some(d) => {
                     for ch in d.chars() {
                         out.push(if ch.is_whitespace() { '_' } else { ch });
@@ -186,72 +156,123 @@ impl LogFormat {
                 }
                 None => false,
             },
-            Op::ConnectionTerminationDetails => s(out, rec.termination_details.as_deref()),
-            Op::UpstreamTransportFailureReason => s(out, rec.transport_failure.as_deref()),
-            Op::BytesReceived => num(out, Some(u128::from(rec.bytes_received))),
-            Op::BytesSent => num(out, Some(u128::from(rec.bytes_sent))),
-            Op::Duration => num(
+            Op::ConnectionTerminationDetails => put_str(out, rec.termination_details.as_deref()),
+            Op::UpstreamTransportFailureReason => put_str(out, rec.transport_failure.as_deref()),
+            Op::BytesReceived => put_num(out, Some(u128::from(rec.bytes_received))),
+            Op::BytesSent => put_num(out, Some(u128::from(rec.bytes_sent))),
+            Op::Duration => put_num(
                 out,
-                ms(rec.start_instant, rec.end.or_else(|| Some(Instant::now()))),
+                ms_between(rec.start_instant, rec.end.or_else(|| Some(Instant::now()))),
             ),
-            Op::RequestDuration => num(out, ms(rec.start_instant, rec.request_done)),
-            Op::ResponseDuration => num(out, ms(rec.start_instant, rec.first_upstream_byte)),
+            Op::RequestDuration => put_num(out, ms_between(rec.start_instant, rec.request_done)),
+            Op::ResponseDuration => {
+                put_num(out, ms_between(rec.start_instant, rec.first_upstream_byte))
+            }
             Op::ResponseTxDuration => match rec.first_upstream_byte {
-                Some(f) => num(out, ms(f, rec.end)),
+                Some(f) => put_num(out, ms_between(f, rec.end)),
                 None => false,
             },
-            Op::UpstreamHost | Op::UpstreamRemoteAddress => addr(out, rec.upstream_host),
-            Op::UpstreamRemoteAddressWithoutPort => s(
+            _ => self.write_conn_op(out, op, rec),
+        }
+    }
+
+    /// The connection operators: addresses, ports, TLS, ids (`write_op` hands them over).
+    fn write_conn_op(&self, out: &mut String, op: &Op, rec: &AccessRecord) -> bool {
+        match op {
+            Op::UpstreamHost | Op::UpstreamRemoteAddress => put_addr(out, rec.upstream_host),
+            Op::UpstreamRemoteAddressWithoutPort => put_str(
                 out,
                 rec.upstream_host.map(|a| a.ip().to_string()).as_deref(),
             ),
-            Op::UpstreamRemotePort => num(out, rec.upstream_host.map(|a| u128::from(a.port()))),
-            Op::UpstreamHostName => s(out, rec.upstream_host_name.as_deref()),
-            Op::UpstreamCluster => s(out, rec.upstream_cluster.as_deref()),
-            Op::UpstreamLocalAddress => addr(out, rec.upstream_local),
-            Op::UpstreamLocalAddressWithoutPort => s(
+            Op::UpstreamRemotePort => put_num(out, rec.upstream_host.map(|a| u128::from(a.port()))),
+            Op::UpstreamHostName => put_str(out, rec.upstream_host_name.as_deref()),
+            Op::UpstreamCluster => put_str(out, rec.upstream_cluster.as_deref()),
+            Op::UpstreamLocalAddress => put_addr(out, rec.upstream_local),
+            Op::UpstreamLocalAddressWithoutPort => put_str(
                 out,
                 rec.upstream_local.map(|a| a.ip().to_string()).as_deref(),
             ),
-            Op::UpstreamLocalPort => num(out, rec.upstream_local.map(|a| u128::from(a.port()))),
+            Op::UpstreamLocalPort => put_num(out, rec.upstream_local.map(|a| u128::from(a.port()))),
             Op::UpstreamTlsVersion => {
-                s(out, rec.upstream_tls.as_ref().and_then(|t| t.version_str()))
+                put_str(out, rec.upstream_tls.as_ref().and_then(|t| t.version_str()))
             }
-            Op::UpstreamTlsCipher => s(out, rec.upstream_tls.as_ref().and_then(|t| t.cipher_str())),
-            Op::UpstreamPeerSubject => s(
+            Op::UpstreamTlsCipher => {
+                put_str(out, rec.upstream_tls.as_ref().and_then(|t| t.cipher_str()))
+            }
+            Op::UpstreamPeerSubject => put_str(
                 out,
                 rec.upstream_tls
                     .as_ref()
                     .and_then(|t| t.peer_subject.get())
                     .map(String::as_str),
             ),
-            Op::UpstreamPeerIssuer => s(
+            Op::UpstreamPeerIssuer => put_str(
                 out,
                 rec.upstream_tls
                     .as_ref()
                     .and_then(|t| t.peer_issuer.get())
                     .map(String::as_str),
             ),
-            Op::UpstreamRequestAttemptCount => num(out, Some(u128::from(rec.attempts))),
-            Op::UpstreamConnectionId => num(out, rec.upstream_conn_id.map(u128::from)),
-            Op::DownstreamLocalAddress => addr(out, Some(rec.downstream_local)),
+            Op::UpstreamRequestAttemptCount => put_num(out, Some(u128::from(rec.attempts))),
+            Op::UpstreamConnectionId => put_num(out, rec.upstream_conn_id.map(u128::from)),
+            Op::DownstreamLocalAddress => put_addr(out, Some(rec.downstream_local)),
             Op::DownstreamLocalAddressWithoutPort => {
-                s(out, Some(&rec.downstream_local.ip().to_string()))
+                put_str(out, Some(&rec.downstream_local.ip().to_string()))
             }
-            Op::DownstreamLocalPort => num(out, Some(u128::from(rec.downstream_local.port()))),
-            Op::DownstreamRemoteAddress => addr(out, Some(rec.downstream_remote)),
+            Op::DownstreamLocalPort => put_num(out, Some(u128::from(rec.downstream_local.port()))),
+            Op::DownstreamRemoteAddress => put_addr(out, Some(rec.downstream_remote)),
             Op::DownstreamRemoteAddressWithoutPort => {
-                s(out, Some(&rec.downstream_remote.ip().to_string()))
+                put_str(out, Some(&rec.downstream_remote.ip().to_string()))
             }
-            Op::DownstreamRemotePort => num(out, Some(u128::from(rec.downstream_remote.port()))),
-            Op::RequestedServerName => s(out, rec.requested_server_name.as_deref()),
-            Op::RouteName => s(out, rec.route_name.as_deref()),
-            Op::ConnectionId => num(out, Some(u128::from(rec.downstream_conn_id))),
-            Op::Hostname => s(out, Some(&self.hostname)),
-            Op::Environment(name) => s(out, std::env::var(name).ok().as_deref()),
-            Op::LocalReplyBody => s(out, rec.local_reply_body.as_deref().map(str::trim_end)),
-            Op::AlwaysEmpty => false,
+            Op::DownstreamRemotePort => {
+                put_num(out, Some(u128::from(rec.downstream_remote.port())))
+            }
+            Op::RequestedServerName => put_str(out, rec.requested_server_name.as_deref()),
+            Op::RouteName => put_str(out, rec.route_name.as_deref()),
+            Op::ConnectionId => put_num(out, Some(u128::from(rec.downstream_conn_id))),
+            Op::Hostname => put_str(out, Some(&self.hostname)),
+            Op::Environment(name) => put_str(out, std::env::var(name).ok().as_deref()),
+            Op::LocalReplyBody => put_str(out, rec.local_reply_body.as_deref().map(str::trim_end)),
+            // The request and response operators are written by `write_op`.
+            _ => false,
         }
+    }
+}
+
+fn ms_between(from: Instant, to: Option<Instant>) -> Option<u128> {
+    to.map(|t| t.saturating_duration_since(from).as_millis())
+}
+
+/// Writes a number; `false` when there is none.
+fn put_num(out: &mut String, v: Option<u128>) -> bool {
+    match v {
+        Some(v) => {
+            push_u128(out, v);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Writes an address; `false` when there is none.
+fn put_addr(out: &mut String, a: Option<SocketAddr>) -> bool {
+    match a {
+        Some(a) => {
+            push_addr(out, a);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Writes a string; `false` when there is none or it is empty.
+fn put_str(out: &mut String, v: Option<&str>) -> bool {
+    match v {
+        Some(v) if !v.is_empty() => {
+            out.push_str(v);
+            true
+        }
+        _ => false,
     }
 }
 
