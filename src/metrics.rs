@@ -609,4 +609,106 @@ mod tests {
     fn label_values_are_escaped() {
         assert_eq!(esc("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
+
+    /// Metrics with something in every family: two clusters (response codes, a histogram),
+    /// two listeners, HTTP and TCP Istio series, a workload, a certificate, DNS failures.
+    fn populated() -> Metrics {
+        let m = Metrics::default();
+        let a = m.cluster("outbound|443||api.example.com");
+        a.rq_total.store(5, Ordering::Relaxed);
+        a.rq_active.store(1, Ordering::Relaxed);
+        a.cx_total.store(2, Ordering::Relaxed);
+        a.cx_active.store(1, Ordering::Relaxed);
+        a.cx_connect_fail.store(3, Ordering::Relaxed);
+        a.cx_connect_timeout.store(4, Ordering::Relaxed);
+        a.cx_overflow.store(6, Ordering::Relaxed);
+        a.cx_tx_bytes.store(700, Ordering::Relaxed);
+        a.cx_rx_bytes.store(800, Ordering::Relaxed);
+        a.ssl_handshake.store(9, Ordering::Relaxed);
+        a.ssl_connection_error.store(10, Ordering::Relaxed);
+        a.cx_idle_timeout.store(11, Ordering::Relaxed);
+        a.cx_stale.store(12, Ordering::Relaxed);
+        for code in [200, 200, 204, 503] {
+            a.record_response(code);
+        }
+        a.rq_time.record(std::time::Duration::from_millis(7));
+        let b = m.cluster("outbound|9092||kafka \"q\"");
+        b.record_response(502);
+        let l = m.listener("0.0.0.0_80");
+        l.downstream_cx_total.store(13, Ordering::Relaxed);
+        l.downstream_cx_active.store(2, Ordering::Relaxed);
+        l.downstream_rq_total.store(14, Ordering::Relaxed);
+        l.downstream_rq_active.store(1, Ordering::Relaxed);
+        m.listener("0.0.0.0_3000");
+        if let Ok(mut w) = m.workload.write() {
+            w.name = "egress".into();
+            w.namespace = "ns".into();
+        }
+        let svc: Arc<str> = Arc::from("api.example.com");
+        let local: Arc<str> = Arc::from("egress.ns.svc.cluster.local");
+        let ns: Arc<str> = Arc::from("ns");
+        for (dest, code, flags, tcp) in [
+            (&svc, 200, Flags::NONE, false),
+            (&svc, 503, Flags::UF | Flags::URX, false),
+            (&local, 0, Flags::NONE, true),
+        ] {
+            m.record_request(RequestReport {
+                destination_service: dest,
+                destination_namespace: &ns,
+                code,
+                flags,
+                duration: std::time::Duration::from_millis(30),
+                request_bytes: 100,
+                response_bytes: 2000,
+                tcp,
+            });
+        }
+        m.reload_success.store(3, Ordering::Relaxed);
+        m.reload_failure.store(1, Ordering::Relaxed);
+        m.dns_failure("nx.example.com");
+        m.dns_failure("nx.example.com");
+        if let Ok(mut d) = m.access_log_dropped.write() {
+            *d = Some(Arc::new(AtomicU64::new(15)));
+        }
+        if let Ok(mut c) = m.certs.write() {
+            c.push(CertExpiry {
+                role: "client",
+                source: "/etc/istio/egress-certs/tls.crt".into(),
+                subject: "CN=egress".into(),
+                not_after: chrono::Utc::now().timestamp() + 86_400,
+            });
+        }
+        m.insecure_destinations.store(1, Ordering::Relaxed);
+        m
+    }
+
+    /// The exposition of [`populated`], line for line as the first render wrote it (the cert
+    /// expiry and the uptime, which depend on the clock, are checked for shape only).
+    #[test]
+    fn exposition_is_unchanged() {
+        let out = populated().render();
+        let mut lines = Vec::new();
+        for line in out.lines() {
+            if let Some(v) = line.strip_prefix("egret_cert_expiry_seconds{role=\"client\",source=\"/etc/istio/egress-certs/tls.crt\",subject=\"CN=egress\"} ") {
+                let v: i64 = v.parse().expect("a number");
+                assert!((86_390..=86_400).contains(&v), "{line}");
+                lines.push("egret_cert_expiry_seconds{...} ~86400".to_string());
+            } else if let Some(v) = line.strip_prefix("envoy_server_uptime ") {
+                let _: u64 = v.parse().expect("a number");
+                lines.push("envoy_server_uptime N".to_string());
+            } else {
+                lines.push(line.to_string());
+            }
+        }
+        let got = lines.join("\n") + "\n";
+        let want = include_str!("../tests/golden/metrics.prom");
+        if got != want && std::env::var_os("EGRET_BLESS").is_some() {
+            let _ = std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.prom"),
+                &got,
+            );
+            return;
+        }
+        assert_eq!(got, want);
+    }
 }
