@@ -247,98 +247,34 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.render_clusters(&mut out);
+        self.render_listeners(&mut out);
+        self.render_istio(&mut out);
+        self.render_egret(&mut out);
+        let _ = writeln!(out, "# TYPE envoy_server_uptime gauge");
+        let _ = writeln!(
+            out,
+            "envoy_server_uptime {}",
+            self.started.elapsed().as_secs()
+        );
+        out
+    }
 
-        // Clusters.
-        let clusters: Vec<(String, Arc<ClusterStats>)> = self
-            .clusters
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let counter_family =
-            |out: &mut String, name: &str, kind: &str, f: &dyn Fn(&ClusterStats) -> u64| {
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-                for (c, s) in &clusters {
-                    let _ = writeln!(out, "{name}{{cluster_name=\"{}\"}} {}", esc(c), f(s));
-                }
-            };
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_rq_total",
-            "counter",
-            &|s| load(&s.rq_total),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_rq_active",
-            "gauge",
-            &|s| load(&s.rq_active),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_cx_total",
-            "counter",
-            &|s| load(&s.cx_total),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_cx_active",
-            "gauge",
-            &|s| load(&s.cx_active),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_cx_connect_fail",
-            "counter",
-            &|s| load(&s.cx_connect_fail),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_cx_connect_timeout",
-            "counter",
-            &|s| load(&s.cx_connect_timeout),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_cx_overflow",
-            "counter",
-            &|s| load(&s.cx_overflow),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_cx_tx_bytes_total",
-            "counter",
-            &|s| load(&s.cx_tx_bytes),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_cx_rx_bytes_total",
-            "counter",
-            &|s| load(&s.cx_rx_bytes),
-        );
-        counter_family(&mut out, "envoy_cluster_ssl_handshake", "counter", &|s| {
-            load(&s.ssl_handshake)
-        });
-        counter_family(
-            &mut out,
-            "envoy_cluster_ssl_connection_error",
-            "counter",
-            &|s| load(&s.ssl_connection_error),
-        );
-        counter_family(
-            &mut out,
-            "envoy_cluster_upstream_cx_idle_timeout",
-            "counter",
-            &|s| load(&s.cx_idle_timeout),
-        );
-        counter_family(
-            &mut out,
-            "egret_cluster_upstream_cx_stale",
-            "counter",
-            &|s| load(&s.cx_stale),
-        );
+    /// `envoy_cluster_*`: the counters of [`CLUSTER_COUNTERS`], response codes and classes, and
+    /// the request-time histogram.
+    fn render_clusters(&self, out: &mut String) {
+        let clusters = snapshot(&self.clusters);
+        for (name, kind, field) in CLUSTER_COUNTERS {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (c, s) in &clusters {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cluster_name=\"{}\"}} {}",
+                    esc(c),
+                    load(field(s))
+                );
+            }
+        }
         let _ = writeln!(out, "# TYPE envoy_cluster_upstream_rq counter");
         for (c, s) in &clusters {
             let codes = s.codes.lock().map(|m| m.clone()).unwrap_or_default();
@@ -362,53 +298,63 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE envoy_cluster_upstream_rq_time histogram");
         for (c, s) in &clusters {
             s.rq_time.write(
-                &mut out,
+                out,
                 "envoy_cluster_upstream_rq_time",
                 &format!("cluster_name=\"{}\"", esc(c)),
             );
         }
+    }
 
-        // Listeners and the HTTP connection managers.
-        let listeners: Vec<(String, Arc<ListenerStats>)> = self
-            .listeners
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (name, kind, label, f) in [
-            (
-                "envoy_listener_downstream_cx_total",
-                "counter",
-                "listener_address",
-                (|s: &ListenerStats| &s.downstream_cx_total) as fn(&ListenerStats) -> &AtomicU64,
-            ),
-            (
-                "envoy_listener_downstream_cx_active",
-                "gauge",
-                "listener_address",
-                |s: &ListenerStats| &s.downstream_cx_active,
-            ),
-            (
-                "envoy_http_downstream_rq_total",
-                "counter",
-                "http_conn_manager_prefix",
-                |s: &ListenerStats| &s.downstream_rq_total,
-            ),
-            (
-                "envoy_http_downstream_rq_active",
-                "gauge",
-                "http_conn_manager_prefix",
-                |s: &ListenerStats| &s.downstream_rq_active,
-            ),
-        ] {
+    /// The listeners and their HTTP connection managers ([`LISTENER_COUNTERS`]).
+    fn render_listeners(&self, out: &mut String) {
+        let listeners = snapshot(&self.listeners);
+        for (name, kind, label, field) in LISTENER_COUNTERS {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (l, s) in &listeners {
-                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {}", esc(l), load(f(s)));
+                let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {}", esc(l), load(field(s)));
             }
         }
+    }
 
-        // Istio standard metrics (reporter="source": sidecar outbound and gateways).
+    /// Istio's standard metrics (reporter="source": sidecar outbound and gateways).
+    fn render_istio(&self, out: &mut String) {
+        let src = self.source_labels();
+        let Ok(m) = self.istio.lock() else {
+            return;
+        };
+        let mut series: Vec<(&IstioKey, &IstioValues)> = m.iter().collect();
+        series.sort_by(|a, b| {
+            (&*a.0.destination_service, a.0.code).cmp(&(&*b.0.destination_service, b.0.code))
+        });
+        let http: Vec<(&IstioKey, &IstioValues, String)> = series
+            .iter()
+            .filter(|(k, _)| k.protocol == "http")
+            .map(|(k, v)| (*k, *v, istio_labels(&src, k)))
+            .collect();
+        let _ = writeln!(out, "# TYPE istio_requests_total counter");
+        for (_, v, labels) in &http {
+            let _ = writeln!(out, "istio_requests_total{{{labels}}} {}", v.requests);
+        }
+        let _ = writeln!(out, "# TYPE istio_request_duration_milliseconds histogram");
+        for (_, v, labels) in &http {
+            v.duration
+                .write(out, "istio_request_duration_milliseconds", labels);
+        }
+        let tcp: Vec<(&IstioValues, String)> = series
+            .iter()
+            .filter(|(k, _)| k.protocol == "tcp")
+            .map(|(k, v)| (*v, istio_labels(&src, k)))
+            .collect();
+        for (name, value) in TCP_SERIES {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (v, labels) in &tcp {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", value(v));
+            }
+        }
+    }
+
+    /// Istio's `source_*` labels, from the workload.
+    fn source_labels(&self) -> String {
         let w = self.workload.read().map(|w| w.clone()).unwrap_or_default();
         let or_unknown = |s: &str| {
             if s.is_empty() {
@@ -417,7 +363,7 @@ impl Metrics {
                 esc(s)
             }
         };
-        let src = format!(
+        format!(
             "reporter=\"source\",source_workload=\"{}\",source_workload_namespace=\"{}\",source_principal=\"unknown\",source_app=\"{}\",source_version=\"{}\",source_canonical_service=\"{}\",source_canonical_revision=\"{}\",source_cluster=\"unknown\"",
             or_unknown(&w.name),
             or_unknown(&w.namespace),
@@ -429,82 +375,12 @@ impl Metrics {
             } else {
                 esc(&w.version)
             },
-        );
-        let istio = self.istio.lock().map(|m| {
-            let mut v: Vec<(IstioKey, u64, u64, u64)> = m
-                .iter()
-                .map(|(k, v)| (k.clone(), v.requests, v.request_bytes, v.response_bytes))
-                .collect();
-            v.sort_by(|a, b| {
-                (&*a.0.destination_service, a.0.code).cmp(&(&*b.0.destination_service, b.0.code))
-            });
-            v
-        });
-        let istio = istio.unwrap_or_default();
-        let labels_of = |k: &IstioKey| -> String {
-            let mut flags = String::new();
-            k.flags.write_short(&mut flags);
-            let name = k.destination_service.split('.').next().unwrap_or("");
-            format!(
-                "{src},destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",destination_canonical_service=\"unknown\",destination_canonical_revision=\"latest\",destination_cluster=\"unknown\",request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\",connection_security_policy=\"unknown\"",
-                esc(&k.destination_service),
-                esc(if k.destination_service.contains(".svc.") {
-                    name
-                } else {
-                    &k.destination_service
-                }),
-                esc(&k.destination_namespace),
-                k.protocol,
-                k.code,
-                flags
-            )
-        };
-        let _ = writeln!(out, "# TYPE istio_requests_total counter");
-        for (k, n, _, _) in istio.iter().filter(|e| e.0.protocol == "http") {
-            let _ = writeln!(out, "istio_requests_total{{{}}} {n}", labels_of(k));
-        }
-        let _ = writeln!(out, "# TYPE istio_request_duration_milliseconds histogram");
-        if let Ok(m) = self.istio.lock() {
-            for (k, _, _, _) in istio.iter().filter(|e| e.0.protocol == "http") {
-                if let Some(v) = m.get(k) {
-                    v.duration.write(
-                        &mut out,
-                        "istio_request_duration_milliseconds",
-                        &labels_of(k),
-                    );
-                }
-            }
-        }
-        let _ = writeln!(out, "# TYPE istio_tcp_connections_opened_total counter");
-        for (k, n, _, _) in istio.iter().filter(|e| e.0.protocol == "tcp") {
-            let _ = writeln!(
-                out,
-                "istio_tcp_connections_opened_total{{{}}} {n}",
-                labels_of(k)
-            );
-        }
-        let _ = writeln!(out, "# TYPE istio_tcp_connections_closed_total counter");
-        for (k, n, _, _) in istio.iter().filter(|e| e.0.protocol == "tcp") {
-            let _ = writeln!(
-                out,
-                "istio_tcp_connections_closed_total{{{}}} {n}",
-                labels_of(k)
-            );
-        }
-        let _ = writeln!(out, "# TYPE istio_tcp_received_bytes_total counter");
-        for (k, _, rx, _) in istio.iter().filter(|e| e.0.protocol == "tcp") {
-            let _ = writeln!(
-                out,
-                "istio_tcp_received_bytes_total{{{}}} {rx}",
-                labels_of(k)
-            );
-        }
-        let _ = writeln!(out, "# TYPE istio_tcp_sent_bytes_total counter");
-        for (k, _, _, tx) in istio.iter().filter(|e| e.0.protocol == "tcp") {
-            let _ = writeln!(out, "istio_tcp_sent_bytes_total{{{}}} {tx}", labels_of(k));
-        }
+        )
+    }
 
-        // What Envoy lacks.
+    /// What Envoy lacks: certificate expiry, reloads, DNS failures, dropped log lines, insecure
+    /// destinations.
+    fn render_egret(&self, out: &mut String) {
         let now = chrono::Utc::now().timestamp();
         let _ = writeln!(
             out,
@@ -522,16 +398,16 @@ impl Metrics {
             );
         }
         let _ = writeln!(out, "# TYPE egret_config_reload_total counter");
-        let _ = writeln!(
-            out,
-            "egret_config_reload_total{{result=\"success\"}} {}",
-            load(&self.reload_success)
-        );
-        let _ = writeln!(
-            out,
-            "egret_config_reload_total{{result=\"failure\"}} {}",
-            load(&self.reload_failure)
-        );
+        for (result, n) in [
+            ("success", &self.reload_success),
+            ("failure", &self.reload_failure),
+        ] {
+            let _ = writeln!(
+                out,
+                "egret_config_reload_total{{result=\"{result}\"}} {}",
+                load(n)
+            );
+        }
         let _ = writeln!(out, "# TYPE egret_dns_resolution_failures_total counter");
         for (h, n) in self
             .dns_failures
@@ -559,14 +435,126 @@ impl Metrics {
             "egret_insecure_destinations {}",
             load(&self.insecure_destinations)
         );
-        let _ = writeln!(out, "# TYPE envoy_server_uptime gauge");
-        let _ = writeln!(
-            out,
-            "envoy_server_uptime {}",
-            self.started.elapsed().as_secs()
-        );
-        out
     }
+}
+
+type ClusterField = fn(&ClusterStats) -> &AtomicU64;
+
+/// The per-cluster counters and gauges, in exposition order: (name, type, field).
+const CLUSTER_COUNTERS: &[(&str, &str, ClusterField)] = &[
+    ("envoy_cluster_upstream_rq_total", "counter", |s| {
+        &s.rq_total
+    }),
+    ("envoy_cluster_upstream_rq_active", "gauge", |s| {
+        &s.rq_active
+    }),
+    ("envoy_cluster_upstream_cx_total", "counter", |s| {
+        &s.cx_total
+    }),
+    ("envoy_cluster_upstream_cx_active", "gauge", |s| {
+        &s.cx_active
+    }),
+    ("envoy_cluster_upstream_cx_connect_fail", "counter", |s| {
+        &s.cx_connect_fail
+    }),
+    (
+        "envoy_cluster_upstream_cx_connect_timeout",
+        "counter",
+        |s| &s.cx_connect_timeout,
+    ),
+    ("envoy_cluster_upstream_cx_overflow", "counter", |s| {
+        &s.cx_overflow
+    }),
+    ("envoy_cluster_upstream_cx_tx_bytes_total", "counter", |s| {
+        &s.cx_tx_bytes
+    }),
+    ("envoy_cluster_upstream_cx_rx_bytes_total", "counter", |s| {
+        &s.cx_rx_bytes
+    }),
+    ("envoy_cluster_ssl_handshake", "counter", |s| {
+        &s.ssl_handshake
+    }),
+    ("envoy_cluster_ssl_connection_error", "counter", |s| {
+        &s.ssl_connection_error
+    }),
+    ("envoy_cluster_upstream_cx_idle_timeout", "counter", |s| {
+        &s.cx_idle_timeout
+    }),
+    ("egret_cluster_upstream_cx_stale", "counter", |s| {
+        &s.cx_stale
+    }),
+];
+
+type ListenerField = fn(&ListenerStats) -> &AtomicU64;
+
+/// The per-listener counters and gauges: (name, type, label, field).
+const LISTENER_COUNTERS: &[(&str, &str, &str, ListenerField)] = &[
+    (
+        "envoy_listener_downstream_cx_total",
+        "counter",
+        "listener_address",
+        |s| &s.downstream_cx_total,
+    ),
+    (
+        "envoy_listener_downstream_cx_active",
+        "gauge",
+        "listener_address",
+        |s| &s.downstream_cx_active,
+    ),
+    (
+        "envoy_http_downstream_rq_total",
+        "counter",
+        "http_conn_manager_prefix",
+        |s| &s.downstream_rq_total,
+    ),
+    (
+        "envoy_http_downstream_rq_active",
+        "gauge",
+        "http_conn_manager_prefix",
+        |s| &s.downstream_rq_active,
+    ),
+];
+
+/// Istio's TCP series: (name, value). A connection is counted as opened and closed when it
+/// ends (its record is written then).
+const TCP_SERIES: &[(&str, fn(&IstioValues) -> u64)] = &[
+    ("istio_tcp_connections_opened_total", |v| v.requests),
+    ("istio_tcp_connections_closed_total", |v| v.requests),
+    ("istio_tcp_received_bytes_total", |v| v.request_bytes),
+    ("istio_tcp_sent_bytes_total", |v| v.response_bytes),
+];
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// A copy of a stats map (name, stats), so rendering holds no lock while it writes.
+fn snapshot<T>(map: &RwLock<BTreeMap<String, Arc<T>>>) -> Vec<(String, Arc<T>)> {
+    map.read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The labels of one Istio series: the source's, then the destination's.
+fn istio_labels(src: &str, k: &IstioKey) -> String {
+    let mut flags = String::new();
+    k.flags.write_short(&mut flags);
+    let name = k.destination_service.split('.').next().unwrap_or("");
+    format!(
+        "{src},destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\",destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",destination_canonical_service=\"unknown\",destination_canonical_revision=\"latest\",destination_cluster=\"unknown\",request_protocol=\"{}\",response_code=\"{}\",grpc_response_status=\"\",response_flags=\"{}\",connection_security_policy=\"unknown\"",
+        esc(&k.destination_service),
+        esc(if k.destination_service.contains(".svc.") {
+            name
+        } else {
+            &k.destination_service
+        }),
+        esc(&k.destination_namespace),
+        k.protocol,
+        k.code,
+        flags
+    )
 }
 
 /// Escapes a label value.
