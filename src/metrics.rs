@@ -515,9 +515,11 @@ const LISTENER_COUNTERS: &[(&str, &str, &str, ListenerField)] = &[
     ),
 ];
 
+type IstioValue = fn(&IstioValues) -> u64;
+
 /// Istio's TCP series: (name, value). A connection is counted as opened and closed when it
 /// ends (its record is written then).
-const TCP_SERIES: &[(&str, fn(&IstioValues) -> u64)] = &[
+const TCP_SERIES: &[(&str, IstioValue)] = &[
     ("istio_tcp_connections_opened_total", |v| v.requests),
     ("istio_tcp_connections_closed_total", |v| v.requests),
     ("istio_tcp_received_bytes_total", |v| v.request_bytes),
