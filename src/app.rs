@@ -57,6 +57,8 @@ pub struct Options {
     pub drain: Duration,
     /// How long egret keeps accepting after readiness turns 503 (so load balancers notice).
     pub drain_grace: Duration,
+    /// The largest request head a listener accepts (bytes; `431` past it).
+    pub max_request_head: usize,
     pub ops: OpsAddrs,
     pub log_level: Option<LogLevelHandle>,
     pub workload: Workload,
@@ -70,6 +72,7 @@ impl Default for Options {
         Options {
             drain: Duration::from_secs(45),
             drain_grace: Duration::from_secs(0),
+            max_request_head: crate::http::server::DEFAULT_MAX_REQUEST_HEAD,
             ops: OpsAddrs::default(),
             log_level: None,
             workload: Workload::default(),
@@ -358,6 +361,7 @@ impl App {
                 self.state.clone(),
                 rx,
                 self.options.drain,
+                self.options.max_request_head,
             ));
             self.running.push(Running {
                 key,

@@ -216,6 +216,10 @@ pub enum ProxyError {
     MissingHost,
     /// The request line or headers cannot be proxied.
     BadRequest(String),
+    /// The request breaks a rule of HTTP that a proxy must enforce (two Host headers, credentials
+    /// in the URL, a scheme other than http/https, ...): refused before routing. `rule` is the
+    /// `%RESPONSE_CODE_DETAILS%`, so the log names the rule.
+    Rejected { rule: &'static str, why: String },
     /// REGISTRY_ONLY and the host:port is not declared.
     BlockAll { host: String, port: u16 },
     /// A gateway has no route for the host, or no route matched.
@@ -252,7 +256,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
-            ProxyError::MissingHost | ProxyError::BadRequest(_) => 400,
+            ProxyError::MissingHost | ProxyError::BadRequest(_) | ProxyError::Rejected { .. } => {
+                400
+            }
             ProxyError::BlockAll { .. } => 502,
             ProxyError::NoRoute { .. } => 404,
             ProxyError::NoHealthyUpstream { .. }
@@ -268,7 +274,9 @@ impl ProxyError {
 
     pub fn flags(&self) -> Flags {
         match self {
-            ProxyError::MissingHost | ProxyError::BadRequest(_) => Flags::DPE,
+            ProxyError::MissingHost | ProxyError::BadRequest(_) | ProxyError::Rejected { .. } => {
+                Flags::DPE
+            }
             // Envoy: block_all is a matched route with a direct response, so no flag.
             ProxyError::BlockAll { .. } => Flags::NONE,
             ProxyError::NoRoute { .. } => Flags::NR,
@@ -311,6 +319,7 @@ impl ProxyError {
         let d = match self {
             ProxyError::MissingHost => "missing_host_header".to_string(),
             ProxyError::BadRequest(_) => "http1.codec_error".to_string(),
+            ProxyError::Rejected { rule, .. } => (*rule).to_string(),
             ProxyError::BlockAll { .. } => "direct_response".to_string(),
             ProxyError::NoRoute { .. } => "route_not_found".to_string(),
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream".to_string(),
@@ -335,7 +344,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::MissingHost => "request.missing_host",
-            ProxyError::BadRequest(_) => "request.invalid",
+            ProxyError::BadRequest(_) | ProxyError::Rejected { .. } => "request.invalid",
             ProxyError::BlockAll { .. } => "policy.host_not_allowed",
             ProxyError::NoRoute { .. } => "route.not_found",
             ProxyError::NoHealthyUpstream { code, .. } | ProxyError::DnsFailed { code, .. } => code,
@@ -356,7 +365,7 @@ impl ProxyError {
             ProxyError::MissingHost => {
                 b.push_str("egret: the request has no Host header; egret routes by host, so send one (HTTP/1.1 requires it)");
             }
-            ProxyError::BadRequest(why) => {
+            ProxyError::BadRequest(why) | ProxyError::Rejected { why, .. } => {
                 let _ = write!(b, "egret: bad request: {why}");
             }
             ProxyError::BlockAll { host, port } => {

@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod dns;
 pub mod error;
+pub mod fuzzing;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -41,9 +41,10 @@ pub async fn serve_http(
     state: Arc<ArcSwap<Runtime>>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    max_head: usize,
 ) {
     let stats = state.load().metrics.listener(&name);
-    let builders = Arc::new(Builders::new());
+    let builders = Arc::new(Builders::new(max_head));
     // Open connections of every kind, and the signal that asks them to finish (HTTP connections
     // close after their current response; TCP connections run until they end or the deadline).
     let open = Arc::new(AtomicUsize::new(0));
@@ -104,7 +105,7 @@ pub async fn serve_http(
                             // egret's own HTTP/1 loop; hyper takes over for what it does not do.
                             let mut stop = stop;
                             let handle = |req| proxy::handle(state.load_full(), &ctx, req);
-                            if let Some(rest) = server::serve(stream, handle, &mut stop).await {
+                            if let Some(rest) = server::serve(stream, handle, &mut stop, builders.max_head).await {
                                 Box::pin(serve_conn(rest.into_io(), Proto::H1, ctx, state, builders, stop)).await;
                             }
                         }
@@ -133,18 +134,28 @@ pub async fn serve_http(
 struct Builders {
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// The request-head limit, for egret's own HTTP/1 loop.
+    max_head: usize,
 }
 
 impl Builders {
-    fn new() -> Builders {
+    /// `max_head`: the largest request head (bytes); hyper answers `431` past it. hyper's read
+    /// buffer is at least 8 KiB, so that is the smallest limit.
+    fn new(max_head: usize) -> Builders {
+        let max_head = max_head.max(8 * 1024);
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(true)
-            .max_buf_size(256 * 1024);
+            .max_buf_size(max_head);
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new());
-        Builders { h1, h2 }
+        // Rapid reset (CVE-2023-44487): a client that resets more than 20 streams the server
+        // has not yet accepted gets GOAWAY (ENHANCE_YOUR_CALM). h2's default, set here so it
+        // stays one (tests/h2_rapid_reset.rs).
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(20);
+        Builders { h1, h2, max_head }
     }
 }
 

@@ -74,6 +74,10 @@ struct RunArgs {
     /// stop sending first.
     #[arg(long, value_name = "DURATION", default_value = "2s")]
     drain_grace: String,
+    /// The largest request head (request line and headers) a listener accepts, in KiB; a
+    /// larger one is answered 431. Envoy's max_request_headers_kb (default 60; 8 to 8192).
+    #[arg(long, value_name = "KIB", default_value_t = 60)]
+    max_request_headers_kb: u32,
     /// Readiness server (GET /healthz/ready), or `off`.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15021")]
     ready: String,
@@ -363,9 +367,16 @@ fn app_options(
         .or_else(|| labels.get("istio"))
         .cloned()
         .unwrap_or_default();
+    if !(8..=8192).contains(&args.max_request_headers_kb) {
+        return Err(format!(
+            "--max-request-headers-kb {}: must be between 8 and 8192 (KiB; Envoy's default is 60)",
+            args.max_request_headers_kb
+        ));
+    }
     Ok(egret::app::Options {
         drain,
         drain_grace,
+        max_request_head: args.max_request_headers_kb as usize * 1024,
         ops: egret::app::OpsAddrs {
             ready: parse_ops_addr("--ready", &args.ready)?,
             stats: parse_ops_addr("--stats", &args.stats)?,

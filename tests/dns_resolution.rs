@@ -163,6 +163,11 @@ async fn every_address_refused_is_uf_urx() {
     );
     let l = e.log_entry(1).await;
     assert_eq!(l.flags, "UF,URX");
+    // %UPSTREAM_HOST% is the last address tried, as Envoy logs it.
+    assert!(
+        l.upstream_host.starts_with("127.0.0.3:") || l.upstream_host.starts_with("127.0.0.4:"),
+        "the address tried: {l:?}"
+    );
     assert!(
         l.transport_failure.contains("(after trying 2 addresses)"),
         "{}",

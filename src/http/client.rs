@@ -252,7 +252,7 @@ fn encode_request(out: &mut Vec<u8>, method: &Method, path: &str, headers: &Head
 
 /// How the response body is delimited.
 #[derive(Debug)]
-enum Framing {
+pub(crate) enum Framing {
     /// No body (or all of it delivered).
     Done,
     Length(u64),
@@ -262,7 +262,7 @@ enum Framing {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk's data.
@@ -280,7 +280,7 @@ struct Slot {
     end: usize,
 }
 
-type Parsed = Option<(ResponseHead, Framing, bool)>;
+pub(crate) type Parsed = Option<(ResponseHead, Framing, bool)>;
 
 /// Hop-by-hop fields (RFC 9110 7.6.1), the same list `proxy::strip_hop_by_hop` removes: they
 /// describe this connection only, so they are read for framing and never stored.
@@ -298,7 +298,7 @@ const HOP_BY_HOP: [&[u8]; 8] = [
 /// Parses a response head at the front of `buf` (`Ok(None)`: not complete yet). On success the
 /// head is split off `buf`, and header values share its allocation. Hop-by-hop fields (and
 /// those `Connection` names) are left out of the returned headers.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
+pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, String> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut raw);
     let len = match parsed.parse(buf) {

@@ -40,9 +40,10 @@ use super::wire::{
 
 /// Headers per request, as hyper's default (more: hyper answers 431).
 const MAX_HEADERS: usize = 100;
-/// The largest request head this loop reads before handing the connection to hyper (whose own
-/// limit then applies).
-const MAX_HEAD: usize = 64 * 1024;
+/// Envoy's default limit on a request head (`max_request_headers_kb: 60`); `--max-request-headers-kb`
+/// changes it. A larger head is answered `431` (by hyper, which gets the connection and the same
+/// limit), on every path: this loop, hyper's HTTP/1 and HTTP/2 (`max_header_list_size`).
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 60 * 1024;
 /// First read size; a head that does not fit grows the buffer.
 const READ_CHUNK: usize = 4096;
 /// Time allowed for a request head once its first byte arrived.
@@ -65,11 +66,13 @@ pub struct Handoff {
 ///
 /// `handle` answers one request; it is called with each request in turn (the proxy passes a
 /// closure that loads the current runtime and routes). `stop` turning true ends the connection
-/// between requests, after the response in flight.
+/// between requests, after the response in flight. A head that reaches `max_head` bytes
+/// unfinished is handed to hyper, which has the same limit and answers `431`.
 pub async fn serve<H, F, B>(
     mut stream: TcpStream,
     mut handle: H,
     stop: &mut watch::Receiver<bool>,
+    max_head: usize,
 ) -> Option<Handoff>
 where
     H: FnMut(Request<Downstream>) -> F,
@@ -108,7 +111,7 @@ where
                 }
             }
         }
-        let (req, mut keep_alive) = match read_head(&mut stream, &mut buf).await {
+        let (req, mut keep_alive) = match read_head(&mut stream, &mut buf, max_head).await {
             Head::Request(req, keep_alive) => (*req, keep_alive),
             Head::Closed => return None,
             Head::Handoff(pre) => return Some(Handoff { pre, io: stream }),
@@ -167,7 +170,7 @@ enum Head {
 ///
 /// Reads go through `AsyncRead` on purpose: a short read tells tokio the socket is drained, so
 /// neither the next read nor the disconnect watch makes a syscall that can only say EAGAIN.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Head {
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, max_head: usize) -> Head {
     let mut deadline = None;
     loop {
         if !buf.is_empty() {
@@ -176,7 +179,7 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Head {
                 Parsed::Request(req, keep_alive) => return Head::Request(req, keep_alive),
                 Parsed::Handoff => return Head::Handoff(std::mem::take(buf).freeze()),
             }
-            if buf.len() >= MAX_HEAD {
+            if buf.len() >= max_head {
                 return Head::Handoff(std::mem::take(buf).freeze());
             }
         }
@@ -200,7 +203,7 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Head {
     }
 }
 
-enum Parsed {
+pub(crate) enum Parsed {
     Partial,
     Request(Box<Request<Downstream>>, bool),
     Handoff,
@@ -215,7 +218,7 @@ struct Slot {
 
 /// Parses the head at the front of `buf`. On success the head is split off `buf` (what
 /// follows stays for the next request) and header values share its allocation.
-fn parse(buf: &mut BytesMut) -> Parsed {
+pub(crate) fn parse(buf: &mut BytesMut) -> Parsed {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut raw);
     let len = match parsed.parse(buf) {

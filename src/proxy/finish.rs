@@ -94,6 +94,12 @@ impl Pending {
         rec.flags |= err.flags();
         rec.details = Some(err.details().into());
         rec.transport_failure = err.transport_failure_reason();
+        // Envoy logs the address it tried on a connect failure (%UPSTREAM_HOST% on UF lines).
+        if let ProxyError::Connect(c) = &err
+            && rec.upstream_host.is_none()
+        {
+            rec.upstream_host = Some(c.addr);
+        }
         rec.local_reply_body = Some(body.clone());
         if !matches!(
             err,
@@ -101,6 +107,7 @@ impl Pending {
                 | ProxyError::NoRoute { .. }
                 | ProxyError::MissingHost
                 | ProxyError::BadRequest(_)
+                | ProxyError::Rejected { .. }
         ) {
             tracing::debug!(
                 status = rec.status,

@@ -24,6 +24,7 @@ use crate::route::{
 use crate::runtime::{ConnCtx, Runtime};
 use crate::upstream::{ClusterPool, Exchange, SendError};
 
+use super::authority::authority_of;
 use super::finish::{Failure, Inner, Pending, ProxyBody, Telemetry};
 use super::tunnel::connect_tunnel;
 
@@ -80,10 +81,13 @@ async fn forward(
     rt: &Arc<Runtime>,
     listener: &Listener,
     conn: &ConnCtx,
-    req: Request<Downstream>,
+    mut req: Request<Downstream>,
     pending: &mut Pending,
 ) -> Result<Response<ProxyBody>, Failure> {
-    // 1. The authority: absolute-form URI (forward proxy) or HTTP/2 :authority, else Host.
+    // Before anything reads them, even the log line of a refused request.
+    strip_envoy_internal(req.headers_mut());
+    // 1. The authority: absolute-form URI (forward proxy) or HTTP/2 :authority, else Host; and
+    // the HTTP rules a proxy enforces.
     let (authority, default_port) = match authority_of(&req) {
         Ok(a) => a,
         Err(e) => return Err((e, Some(req.headers().clone()))),
@@ -409,34 +413,6 @@ fn respond(
     )
 }
 
-/// The request's authority and the default port for its scheme.
-fn authority_of(req: &Request<Downstream>) -> Result<(Authority, u16), ProxyError> {
-    let uri = req.uri();
-    if let Some(a) = uri.authority() {
-        let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-            443
-        } else {
-            80
-        };
-        return Ok((a.clone(), default_port));
-    }
-    let Some(host) = req.headers().get(header::HOST) else {
-        return Err(ProxyError::MissingHost);
-    };
-    let a = host
-        .to_str()
-        .ok()
-        .and_then(|h| Authority::from_str(h).ok())
-        .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
-        .ok_or_else(|| {
-            ProxyError::BadRequest(format!(
-                "the Host header '{}' is not a valid host[:port]",
-                String::from_utf8_lossy(host.as_bytes())
-            ))
-        })?;
-    Ok((a, 80))
-}
-
 /// The Host header sent upstream. Istio forwards Host as received; egret does too, with two
 /// exceptions: absolute-form and HTTP/2 requests get Host from the authority (RFC 9112 3.2.2),
 /// and when egret originates TLS to another port (80 -> 443) an explicit `:80` is dropped, so
@@ -456,6 +432,22 @@ fn upstream_host_header(
         return HeaderValue::from_str(authority.as_str()).ok();
     }
     None
+}
+
+/// Removes the `x-envoy-*` headers a client sent. They are Envoy's (and egret's) own: taken
+/// from the app they would be believed by the next hop and printed in the access log
+/// (`%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%` in Istio's format), so they are dropped, as Envoy does
+/// for requests from untrusted downstreams. egret honors none of them from clients; the ones it
+/// sets itself (`x-envoy-original-path` on a rewrite) are added later, in step 3.
+fn strip_envoy_internal(headers: &mut HeaderMap) {
+    let is_internal = |n: &HeaderName| n.as_str().as_bytes().starts_with(b"x-envoy-");
+    if !headers.keys().any(is_internal) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| is_internal(n)).cloned().collect();
+    for n in names {
+        headers.remove(n);
+    }
 }
 
 fn append_xff(headers: &mut HeaderMap, ip: std::net::IpAddr) {

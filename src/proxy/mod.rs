@@ -1,13 +1,14 @@
 //! Per-request and per-connection decisions: what the proxy does with what a listener accepted.
 //!
 //! - [`http`]: an HTTP request, in named steps: authority (Host, absolute-form URI or
-//!   :authority) -> route -> rewrite (hop-by-hop headers, x-request-id, Host) -> upstream ->
+//!   :authority, and the HTTP rules a proxy enforces, in `authority`) -> route -> rewrite (hop-by-hop headers, x-request-id, Host) -> upstream ->
 //!   response. Failures become local replies with Envoy's status, flags and details.
 //! - `finish`: how a request ends: exactly one access-log line, written when the response
 //!   completes or, if the client goes away, when the request is dropped.
 //! - `tunnel`: HTTP `CONNECT`; [`tcp`]: TCP and TLS-passthrough listeners; both splice bytes
 //!   with [`pump`], and read SNI with `tls::client_hello`.
 
+mod authority;
 mod finish;
 pub mod http;
 pub mod pump;

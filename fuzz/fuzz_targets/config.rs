@@ -1,0 +1,3 @@
+#![no_main]
+//! egret::fuzzing::config on arbitrary bytes: must not panic, hang or grow without bound.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| egret::fuzzing::config(data));
