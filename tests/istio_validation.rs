@@ -479,3 +479,73 @@ spec:
     );
     assert!(s.contains("did you mean \"HTTP\"?"), "{s}");
 }
+
+/// Every DestinationRule field egret parses but does not act on is warned about by name, at the
+/// top level, in portLevelSettings and in subsets; the fields egret does apply are not.
+#[test]
+fn fields_egret_does_not_act_on_are_warned_about_by_name() {
+    let dr = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: work}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 10, connectTimeout: 3s, maxConnectionDuration: 1h, tcpKeepalive: {time: 60s}}
+      http: {http1MaxPendingRequests: 5, http2MaxRequests: 100, maxRequestsPerConnection: 10, maxRetries: 3, idleTimeout: 30s}
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}, localityLbSetting: {enabled: true}}
+    outlierDetection: {consecutive5xxErrors: 5}
+    retryBudget: {percent: 20}
+    portLevelSettings:
+      - port: {number: 80}
+        loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}
+        outlierDetection: {consecutiveGatewayErrors: 2}
+  subsets:
+    - name: v1
+      labels: {version: v1}
+      trafficPolicy:
+        connectionPool: {http: {maxConcurrentStreams: 10}}
+";
+    let text = [SE, dr].join("---\n");
+    let mut o = Overrides::default();
+    o.istio.namespace = "work".into();
+    let cfg = load(&[Source::inline("m.yaml", &text)], &o)
+        .unwrap_or_else(|e| panic!("must load:\n{}", e.messages().join("\n")));
+    let warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
+    let all = warnings.join("\n");
+    for field in [
+        "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+        "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests",
+        "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
+        "spec.trafficPolicy.connectionPool.http.maxRetries",
+        "spec.trafficPolicy.loadBalancer.consistentHash",
+        "spec.trafficPolicy.loadBalancer.localityLbSetting",
+        "spec.trafficPolicy.outlierDetection",
+        "spec.trafficPolicy.retryBudget",
+        "spec.trafficPolicy.portLevelSettings[0].loadBalancer.warmupDurationSecs",
+        "spec.trafficPolicy.portLevelSettings[0].outlierDetection",
+        "spec.subsets[0].trafficPolicy.connectionPool.http.maxConcurrentStreams",
+    ] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(field) && w.contains("is accepted but not acted on")),
+            "no warning for {field}:\n{all}"
+        );
+    }
+    for applied in [
+        "maxConnections",
+        "connectTimeout",
+        "maxRequestsPerConnection",
+        "idleTimeout",
+        "simple",
+    ] {
+        assert!(
+            !warnings
+                .iter()
+                .any(|w| w.contains(&format!(".{applied}: "))),
+            "{applied} is applied, yet warned about:\n{all}"
+        );
+    }
+}

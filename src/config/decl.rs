@@ -15,7 +15,9 @@ use crate::config::istio::credentials::Credentials;
 use crate::config::istio::routing::Routing;
 use crate::config::istio::store::Store;
 use crate::config::model::{AccessLogConfig, DnsConfig, OutboundPolicy, Protocol};
-use crate::config::spec::{EndpointSpec, PortSpec, SubsetSpec, TrafficPolicySpec};
+use crate::config::spec::{
+    ConnectionPoolSpec, EndpointSpec, LoadBalancerSpec, PortSpec, SubsetSpec, TrafficPolicySpec,
+};
 
 /// The front ends' common intermediate form: declared services and their traffic policies,
 /// listeners and global settings, each with its origin.
@@ -274,6 +276,130 @@ pub(crate) fn check_port_level(
                 ),
                 target_hint.or_else(|| Some("use one of the declared port numbers".into())),
             );
+        }
+    }
+}
+
+/// Warns, by name, about each traffic-policy field that egret parses (so Istio manifests load)
+/// but does not act on, at the top level and in every `portLevelSettings[]`: an operator must
+/// never believe a setting applies when it does not.
+pub(crate) fn warn_unapplied(
+    tp: &TrafficPolicySpec,
+    path: &str,
+    origin: &Origin,
+    problems: &mut Problems,
+) {
+    let mut warn = |field: String, why: &str| {
+        problems.warn(
+            origin,
+            field.clone(),
+            format!(
+                "{} is accepted but not acted on: {why}",
+                field.rsplit('.').next().unwrap_or(&field)
+            ),
+            None,
+        );
+    };
+    if tp.outlier_detection.is_some() {
+        warn(
+            format!("{path}.outlierDetection"),
+            "egret does not eject hosts",
+        );
+    }
+    if tp.retry_budget.is_some() {
+        warn(
+            format!("{path}.retryBudget"),
+            "egret retries only failed connects, on the next address (at most 3 attempts)",
+        );
+    }
+    pool_and_lb(
+        tp.connection_pool.as_ref(),
+        tp.load_balancer.as_ref(),
+        path,
+        &mut warn,
+    );
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        let at = format!("{path}.portLevelSettings[{i}]");
+        if pl.outlier_detection.is_some() {
+            warn(
+                format!("{at}.outlierDetection"),
+                "egret does not eject hosts",
+            );
+        }
+        pool_and_lb(
+            pl.connection_pool.as_ref(),
+            pl.load_balancer.as_ref(),
+            &at,
+            &mut warn,
+        );
+    }
+}
+
+fn pool_and_lb(
+    pool: Option<&ConnectionPoolSpec>,
+    lb: Option<&LoadBalancerSpec>,
+    path: &str,
+    warn: &mut impl FnMut(String, &str),
+) {
+    const HTTP1_ONLY: &str = "egret speaks HTTP/1.1 to upstreams";
+    if let Some(h) = pool.and_then(|p| p.http.as_ref()) {
+        let at = |f: &str| format!("{path}.connectionPool.http.{f}");
+        if h.http1_max_pending_requests.is_some() {
+            warn(
+                at("http1MaxPendingRequests"),
+                "egret queues no requests; a request opens a connection when none is idle, up to tcp.maxConnections",
+            );
+        }
+        if h.max_retries.is_some() {
+            warn(
+                at("maxRetries"),
+                "egret retries only failed connects, on the next address (at most 3 attempts)",
+            );
+        }
+        for (set, field) in [
+            (h.http2_max_requests.is_some(), "http2MaxRequests"),
+            (h.max_concurrent_streams.is_some(), "maxConcurrentStreams"),
+            (h.h2_upgrade_policy.is_some(), "h2UpgradePolicy"),
+            (h.use_client_protocol.is_some(), "useClientProtocol"),
+        ] {
+            if set {
+                warn(at(field), HTTP1_ONLY);
+            }
+        }
+    }
+    if let Some(t) = pool.and_then(|p| p.tcp.as_ref()) {
+        let at = |f: &str| format!("{path}.connectionPool.tcp.{f}");
+        if t.max_connection_duration.is_some() {
+            warn(
+                at("maxConnectionDuration"),
+                "upstream connections end by idleTimeout and maxRequestsPerConnection only",
+            );
+        }
+        if t.tcp_keepalive.is_some() {
+            warn(
+                at("tcpKeepalive"),
+                "egret's own keepalive applies to upstream connections (time 300s, interval 75s)",
+            );
+        }
+    }
+    if let Some(l) = lb {
+        let at = |f: &str| format!("{path}.loadBalancer.{f}");
+        if l.consistent_hash.is_some() {
+            warn(
+                at("consistentHash"),
+                "egret balances round robin (or by loadBalancer.simple)",
+            );
+        }
+        if l.locality_lb_setting.is_some() {
+            warn(at("localityLbSetting"), "egret has no locality information");
+        }
+        if l.warmup_duration_secs.is_some() || l.warmup.is_some() {
+            let f = if l.warmup.is_some() {
+                "warmup"
+            } else {
+                "warmupDurationSecs"
+            };
+            warn(at(f), "a new endpoint gets its full share at once");
         }
     }
 }

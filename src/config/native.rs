@@ -467,14 +467,7 @@ fn lower_destination(
             origin,
             problems,
         );
-        if tp.outlier_detection.is_some() {
-            problems.warn(
-                origin,
-                format!("{path}.trafficPolicy.outlierDetection"),
-                "outlierDetection is accepted but not acted on: egret does not eject hosts",
-                None,
-            );
-        }
+        crate::config::decl::warn_unapplied(tp, &format!("{path}.trafficPolicy"), origin, problems);
     }
     if resolution == Resolution::Static && hosts.iter().any(|h| h.starts_with('*')) {
         problems.warn(

@@ -151,13 +151,16 @@ fn attach(
         dr.origin(),
         problems,
     );
-    if tp.outlier_detection.is_some() {
-        problems.warn(
-            dr.origin(),
-            dr.path("trafficPolicy.outlierDetection"),
-            "outlierDetection is accepted but not acted on: egret does not eject hosts",
-            None,
-        );
+    crate::config::decl::warn_unapplied(&tp, &dr.path("trafficPolicy"), dr.origin(), problems);
+    for (i, sub) in dr.spec.subsets.iter().enumerate() {
+        if let Some(stp) = &sub.traffic_policy {
+            crate::config::decl::warn_unapplied(
+                stp,
+                &dr.path(&format!("subsets[{i}].trafficPolicy")),
+                dr.origin(),
+                problems,
+            );
+        }
     }
     if tp.tunnel.is_some() || tp.proxy_protocol.is_some() {
         problems.error(
