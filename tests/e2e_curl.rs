@@ -16,13 +16,7 @@ async fn curl_through_egret_binary_with_a_config_file() {
     let upstream = start_tls(UpstreamOptions::from_leaf(&leaf, "simple")).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = write(dir.path(), "ca.pem", &pki.root_pem());
-    let cfg = write(
-        dir.path(),
-        "egret.yaml",
-        &format!(
-            "destinations:\n  - hosts: [api.test]\n    ports: [{{number: 80, name: http, targetPort: 443}}]\n    trafficPolicy:\n      tls: {{mode: SIMPLE, caCertificates: {ca}}}\n"
-        ),
-    );
+    let cfg = write(dir.path(), "egret.yaml", &simple_tls_yaml(&ca));
     let connect_to = format!("api.test:443={}", upstream.addr);
     let egret = EgretProcess::start(&[
         "run",

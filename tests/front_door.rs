@@ -4,25 +4,11 @@
 
 mod support;
 
-use std::time::Duration;
-
 use egret::config::Overrides;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn yaml(port: u16) -> String {
-    format!(
-        "listeners: [{{name: outbound, address: \"127.0.0.1:0\"}}]\ndestinations:\n  - hosts: [app.test]\n    ports: [{{number: 80, targetPort: {port}}}]\n    resolution: STATIC\n    endpoints: [{{address: 127.0.0.1}}]\n"
-    )
-}
-
-/// Sends `bytes` on one connection and reads until egret closes it (or 10 s pass).
-async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+async fn send(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    exchange(addr, bytes).await.0
 }
 
 fn status(raw: &str) -> u16 {
@@ -68,7 +54,12 @@ const REFUSED: &[(&str, &str)] = &[
 async fn requests_that_break_http_rules_are_refused_before_routing() {
     let origin = start_plain("front").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
+    let e = start_egret(
+        &static_app_yaml(origin.addr.port()),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
     let long_host = format!(
         "GET / HTTP/1.1\r\nHost: {}.test\r\nConnection: close\r\n\r\n",
         "a".repeat(300)
@@ -76,7 +67,7 @@ async fn requests_that_break_http_rules_are_refused_before_routing() {
     let mut cases: Vec<(String, &str)> = REFUSED.iter().map(|(r, d)| (r.to_string(), *d)).collect();
     cases.push((long_host, "http1.host_too_long"));
     for (i, (req, _)) in cases.iter().enumerate() {
-        let raw = exchange(e.addr, req.as_bytes()).await;
+        let raw = send(e.addr, req.as_bytes()).await;
         assert_eq!(status(&raw), 400, "case {i}: {req:?} got {raw}");
     }
     let lines = e.log_entries(cases.len()).await;
@@ -90,7 +81,7 @@ async fn requests_that_break_http_rules_are_refused_before_routing() {
     assert_eq!(origin.requests(), 0, "nothing reached the origin");
 
     // OPTIONS is the one method that takes `*`: it is routed, not refused.
-    let raw = exchange(
+    let raw = send(
         e.addr,
         b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
@@ -103,8 +94,13 @@ async fn requests_that_break_http_rules_are_refused_before_routing() {
 async fn absolute_form_wins_over_host_and_client_envoy_headers_are_dropped() {
     let origin = start_plain("abs").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
-    let raw = exchange(
+    let e = start_egret(
+        &static_app_yaml(origin.addr.port()),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
+    let raw = send(
         e.addr,
         b"GET http://app.test/headers HTTP/1.1\r\nHost: evil.test\r\nX-Envoy-Original-Path: /admin\r\nx-envoy-peer-metadata: forged\r\nConnection: close\r\n\r\n",
     )
@@ -126,7 +122,7 @@ async fn absolute_form_wins_over_host_and_client_envoy_headers_are_dropped() {
     );
 
     // A refused request's log line does not show the forged header either.
-    let raw = exchange(
+    let raw = send(
         e.addr,
         b"GET /x HTTP/1.1\r\nHost: nowhere.test\r\nX-Envoy-Original-Path: /forged\r\nConnection: close\r\n\r\n",
     )
@@ -140,7 +136,12 @@ async fn absolute_form_wins_over_host_and_client_envoy_headers_are_dropped() {
 async fn request_heads_past_60_kib_get_431_on_both_http1_paths() {
     let origin = start_plain("limits").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
+    let e = start_egret(
+        &static_app_yaml(origin.addr.port()),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
     let big = "x".repeat(100 * 1024);
     let fits = "y".repeat(50 * 1024);
     // egret's own loop (no body) and hyper's path (a body) alike.
@@ -153,7 +154,7 @@ async fn request_heads_past_60_kib_get_431_on_both_http1_paths() {
     .into_iter()
     .enumerate()
     {
-        let raw = exchange(e.addr, req.as_bytes()).await;
+        let raw = send(e.addr, req.as_bytes()).await;
         assert_eq!(status(&raw), want, "case {i}: {}", &raw[..raw.len().min(200)]);
     }
     let lines = e.log_entries(4).await;
@@ -172,7 +173,7 @@ async fn request_heads_past_60_kib_get_431_on_both_http1_paths() {
         many.push_str(&format!("X-H{i}: v\r\n"));
     }
     many.push_str("Connection: close\r\n\r\n");
-    let raw = exchange(e.addr, many.as_bytes()).await;
+    let raw = send(e.addr, many.as_bytes()).await;
     assert_eq!(status(&raw), 431, "{raw}");
 }
 
@@ -182,7 +183,7 @@ fn the_head_limit_is_a_flag_and_h2c_keeps_it_too() {
     let up = origin.block_on(start_plain("h2limit"));
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("egret.yaml");
-    std::fs::write(&cfg, yaml(up.addr.port())).expect("write config");
+    std::fs::write(&cfg, static_app_yaml(up.addr.port())).expect("write config");
     let cfg = cfg.display().to_string();
 
     // Out of range: a clear error, and egret does not start.
@@ -206,65 +207,34 @@ fn the_head_limit_is_a_flag_and_h2c_keeps_it_too() {
         "-",
     ]);
     let url = format!("http://{}/", egret.addr);
-    let header = format!("X-Big: {}", "z".repeat(20 * 1024));
+    let status_of = |extra: &[&str], header: &str| {
+        let mut args = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: app.test",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-H", header, &url]);
+        curl(&args).1
+    };
+    let big = format!("X-Big: {}", "z".repeat(20 * 1024));
     let small = format!("X-Small: {}", "s".repeat(8 * 1024));
     // HTTP/1.1: 20 KiB is past the 16 KiB limit; 8 KiB is within it.
-    let (_, code, _) = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Host: app.test",
-        "-H",
-        &header,
-        &url,
-    ]);
-    assert_eq!(code, "431");
-    let (_, code, _) = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Host: app.test",
-        "-H",
-        &small,
-        &url,
-    ]);
-    assert_eq!(code, "200");
+    assert_eq!(status_of(&[], &big), "431");
+    assert_eq!(status_of(&[], &small), "200");
     // h2c: the same limit as max_header_list_size; the request never reaches the origin.
+    let h2c = ["--http2-prior-knowledge"];
     let before = up.requests();
-    let (_, code, _) = curl(&[
-        "-s",
-        "--http2-prior-knowledge",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Host: app.test",
-        "-H",
-        &header,
-        &url,
-    ]);
-    assert_ne!(code, "200", "an h2c head past the limit is not served");
+    assert_ne!(
+        status_of(&h2c, &big),
+        "200",
+        "an h2c head past the limit is not served"
+    );
     assert_eq!(up.requests(), before, "nothing went upstream");
-    let (_, code, _) = curl(&[
-        "-s",
-        "--http2-prior-knowledge",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Host: app.test",
-        "-H",
-        &small,
-        &url,
-    ]);
-    assert_eq!(code, "200");
+    assert_eq!(status_of(&h2c, &small), "200");
     egret.terminate();
 }

@@ -180,35 +180,23 @@ fn the_differential_check_reports_a_disagreement() {
         rejected.as_ref().is_err_and(|e| e.contains("rejects")),
         "{rejected:?}"
     );
-    let differs = egret::fuzzing::differential_against(req, |_| {
-        Some(egret::fuzzing::Seen {
-            method: "GET".into(),
-            target: "/a".into(),
-            version: http::Version::HTTP_11,
-            headers: vec![
-                ("host".into(), b"a.test".to_vec()),
-                ("x-one".into(), b"2".to_vec()),
-            ],
-            bodiless: true,
-        })
-    });
+    let seen = |x_one: &[u8]| egret::fuzzing::Seen {
+        method: "GET".into(),
+        target: "/a".into(),
+        version: http::Version::HTTP_11,
+        headers: vec![
+            ("host".into(), b"a.test".to_vec()),
+            ("x-one".into(), x_one.to_vec()),
+        ],
+        bodiless: true,
+    };
+    let differs = egret::fuzzing::differential_against(req, |_| Some(seen(b"2")));
     assert!(
         differs.as_ref().is_err_and(|e| e.contains("differently")),
         "{differs:?}"
     );
-    // The same Seen with the right value agrees: the comparison is of content, not identity.
-    let agrees = egret::fuzzing::differential_against(req, |_| {
-        Some(egret::fuzzing::Seen {
-            method: "GET".into(),
-            target: "/a".into(),
-            version: http::Version::HTTP_11,
-            headers: vec![
-                ("host".into(), b"a.test".to_vec()),
-                ("x-one".into(), b"1".to_vec()),
-            ],
-            bodiless: true,
-        })
-    });
+    // The same fields with the right value agree: the comparison is of content.
+    let agrees = egret::fuzzing::differential_against(req, |_| Some(seen(b"1")));
     assert_eq!(agrees, Ok(true));
     assert_eq!(
         egret::fuzzing::differential_against(

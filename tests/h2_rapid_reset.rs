@@ -37,14 +37,7 @@ fn a_rapid_reset_flood_is_bounded_and_other_clients_are_served() {
     let origin = rt.block_on(start_plain("reset"));
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("egret.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listeners: [{{name: outbound, address: \"127.0.0.1:0\"}}]\ndestinations:\n  - hosts: [app.test]\n    ports: [{{number: 80, targetPort: {}}}]\n    resolution: STATIC\n    endpoints: [{{address: 127.0.0.1}}]\n",
-            origin.addr.port()
-        ),
-    )
-    .expect("write config");
+    std::fs::write(&cfg, static_app_yaml(origin.addr.port())).expect("write config");
     let egret = EgretProcess::start(&[
         "--config",
         &cfg.display().to_string(),

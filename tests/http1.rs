@@ -4,28 +4,17 @@
 
 mod support;
 
-use std::time::Duration;
-
 use egret::config::Overrides;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn yaml(port: u16) -> String {
-    format!(
-        "listeners: [{{name: outbound, address: \"127.0.0.1:0\"}}]\ndestinations:\n  - hosts: [app.test]\n    ports: [{{number: 80, targetPort: {port}}}]\n    resolution: STATIC\n    endpoints: [{{address: 127.0.0.1}}]\n"
-    )
-}
-
-/// Sends `bytes` on one connection and reads until egret closes it.
-async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("egret closes the connection after `Connection: close`")
-        .expect("read");
-    String::from_utf8_lossy(&out).into_owned()
+/// Sends `bytes` on one connection and reads until egret closes it (it must).
+async fn exchange_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let (out, closed) = exchange(addr, bytes).await;
+    assert!(
+        closed,
+        "egret closes the connection after `Connection: close`: {out}"
+    );
+    out
 }
 
 /// Splits a stream of responses with `Content-Length` bodies (or none) into (head, body) pairs.
@@ -50,8 +39,13 @@ fn responses(mut raw: &str, bodiless: &[bool]) -> Vec<(String, String)> {
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let origin = start_plain("pipe").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
-    let raw = exchange(
+    let e = start_egret(
+        &static_app_yaml(origin.addr.port()),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
+    let raw = exchange_closed(
         e.addr,
         b"GET /headers HTTP/1.1\r\nHost: app.test\r\nX-Seq: one\r\n\r\nGET / HTTP/1.1\r\nHost: app.test\r\n\r\nGET /status/404 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
@@ -78,8 +72,13 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 async fn head_and_204_responses_carry_no_body() {
     let origin = start_plain("nobody").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
-    let raw = exchange(
+    let e = start_egret(
+        &static_app_yaml(origin.addr.port()),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
+    let raw = exchange_closed(
         e.addr,
         b"HEAD /bytes/5000 HTTP/1.1\r\nHost: app.test\r\n\r\nGET /status/204 HTTP/1.1\r\nHost: app.test\r\n\r\nGET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
@@ -104,8 +103,13 @@ async fn head_and_204_responses_carry_no_body() {
 async fn a_response_of_unknown_length_is_sent_chunked() {
     let origin = start_plain("chunks").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
-    let raw = exchange(
+    let e = start_egret(
+        &static_app_yaml(origin.addr.port()),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
+    let raw = exchange_closed(
         e.addr,
         b"GET /chunked/100000 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
@@ -161,10 +165,15 @@ async fn a_response_of_unknown_length_is_sent_chunked() {
 async fn a_request_with_a_body_goes_to_hyper_and_the_connection_keeps_working() {
     let origin = start_plain("upload").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
+    let e = start_egret(
+        &static_app_yaml(origin.addr.port()),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
     // A bodiless request first (egret's loop), then one with a body (handed to hyper with the
     // bytes already read), then another pipelined one that hyper serves.
-    let raw = exchange(
+    let raw = exchange_closed(
         e.addr,
         b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\nPOST /sink HTTP/1.1\r\nHost: app.test\r\nContent-Length: 11\r\n\r\nhello worldGET /headers HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
@@ -187,8 +196,13 @@ async fn a_request_with_a_body_goes_to_hyper_and_the_connection_keeps_working() 
 async fn content_length_zero_and_http_1_0_are_served() {
     let origin = start_plain("edge").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let e = start_egret(&yaml(origin.addr.port()), Overrides::default(), dir.path()).await;
-    let raw = exchange(
+    let e = start_egret(
+        &static_app_yaml(origin.addr.port()),
+        Overrides::default(),
+        dir.path(),
+    )
+    .await;
+    let raw = exchange_closed(
         e.addr,
         b"POST /sink HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.0\r\nHost: app.test\r\n\r\n",
     )

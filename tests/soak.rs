@@ -150,13 +150,7 @@ fn mixed_traffic_for_a_while_leaks_nothing_and_loses_nothing() {
     let upstream = rt.block_on(start_tls(UpstreamOptions::from_leaf(&leaf, "soak")));
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = write(dir.path(), "ca.pem", &pki.root_pem());
-    let cfg = write(
-        dir.path(),
-        "egret.yaml",
-        &format!(
-            "destinations:\n  - hosts: [api.test]\n    ports: [{{number: 80, name: http, targetPort: 443}}]\n    trafficPolicy:\n      tls: {{mode: SIMPLE, caCertificates: {ca}}}\n"
-        ),
-    );
+    let cfg = write(dir.path(), "egret.yaml", &simple_tls_yaml(&ca));
     let log = dir.path().join("access.log");
     let egret = EgretProcess::start(&[
         "run",

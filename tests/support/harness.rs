@@ -528,3 +528,31 @@ pub fn curl(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// One listener on port 0 and `app.test` (port 80) sent in plaintext to 127.0.0.1:`port`: the
+/// config of the tests that talk raw HTTP/1 to egret.
+pub fn static_app_yaml(port: u16) -> String {
+    format!(
+        "listeners: [{{name: outbound, address: \"127.0.0.1:0\"}}]\ndestinations:\n  - hosts: [app.test]\n    ports: [{{number: 80, targetPort: {port}}}]\n    resolution: STATIC\n    endpoints: [{{address: 127.0.0.1}}]\n"
+    )
+}
+
+/// `api.test` port 80 originated as SIMPLE TLS to 443, verified against the CA file `ca`.
+pub fn simple_tls_yaml(ca: &str) -> String {
+    format!(
+        "destinations:\n  - hosts: [api.test]\n    ports: [{{number: 80, name: http, targetPort: 443}}]\n    trafficPolicy:\n      tls: {{mode: SIMPLE, caCertificates: {ca}}}\n"
+    )
+}
+
+/// Sends `bytes` on one connection and reads until egret closes it, for at most 10 s: what
+/// came back, and whether egret closed the connection.
+pub async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
