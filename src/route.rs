@@ -12,6 +12,12 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method};
 
+mod policy;
+pub use policy::{
+    AttemptFailure, DEFAULT_BACKOFF_BASE, Fault, FaultAbort, FaultDelay, RetryOn, RetryPolicy,
+    fault_applies,
+};
+
 /// Index of a cluster in `Config::clusters`.
 pub type ClusterId = usize;
 
@@ -127,6 +133,10 @@ pub struct HttpRoute {
     pub action: RouteAction,
     /// Whole-request timeout (VirtualService `timeout`); `None` = no timeout, as in Istio.
     pub timeout: Option<Duration>,
+    /// VirtualService `retries`, or Istio's default policy.
+    pub retry: RetryPolicy,
+    /// VirtualService `fault`.
+    pub fault: Option<Fault>,
     /// VirtualService `rewrite`.
     pub rewrite: Option<Rewrite>,
     /// VirtualService `headers.request` / `headers.response`.
@@ -146,6 +156,8 @@ impl HttpRoute {
             matches: Vec::new(),
             action: RouteAction::Forward(clusters),
             timeout,
+            retry: RetryPolicy::istio_default(),
+            fault: None,
             rewrite: None,
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),

@@ -49,6 +49,8 @@ pub struct ServiceDecl {
     pub policy: Option<PolicyDecl>,
     /// Request timeout for the default route (native `timeout`).
     pub timeout: Option<Duration>,
+    /// Retry policy for the default route (native `retries`); `None`: Istio's default.
+    pub retry: Option<crate::route::RetryPolicy>,
     pub namespace: Option<String>,
     /// ServiceEntry `subjectAltNames`: used when the TLS policy gives none.
     pub subject_alt_names: Vec<String>,

@@ -23,6 +23,7 @@ mod lower;
 pub mod model;
 pub mod native;
 pub mod overrides;
+mod policies;
 pub mod source;
 pub mod spec;
 
@@ -33,8 +34,8 @@ pub use model::{
     AccessLogConfig, AccessLogPath, Cluster, Config, ConnectTo, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_OUTBOUND_LISTEN, DEFAULT_TCP_IDLE_TIMEOUT,
     DEFAULT_TCP_LISTEN_ADDRESS, DnsConfig, DnsEndpoint, Endpoints, IpFamily, LbPolicy, Listener,
-    OutboundPolicy, PemSource, Protocol, ServerTlsPolicy, TlsMode, TlsPolicy, TrustRoots,
-    UpstreamOverrides,
+    OutboundPolicy, OutlierPolicy, PemSource, Protocol, ServerTlsPolicy, TcpKeepalive, TlsMode,
+    TlsPolicy, TrustRoots, UpstreamOverrides,
 };
 pub use overrides::{Overrides, map_path};
 pub use source::{EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_NAME, Source, read_sources};

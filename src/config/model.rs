@@ -238,6 +238,22 @@ pub struct Cluster {
     pub max_requests_per_connection: u32,
     /// Circuit breaker: most upstream connections at once (`None` = unlimited).
     pub max_connections: Option<u32>,
+    /// Circuit breaker: most requests waiting for a connection when `max_connections` are all
+    /// busy (`http1MaxPendingRequests`; `None` = unlimited).
+    pub max_pending_requests: Option<u32>,
+    /// Circuit breaker: most requests in flight to the cluster (`http2MaxRequests`, which
+    /// Envoy applies to HTTP/1.1 too; `None` = unlimited).
+    pub max_requests: Option<u32>,
+    /// Circuit breaker: most retries in flight across the cluster (`maxRetries`; `None` =
+    /// unlimited, Istio's default).
+    pub max_retries: Option<u32>,
+    /// `connectionPool.tcp.maxConnectionDuration`: an upstream connection is not reused past
+    /// this age (`None` = no limit).
+    pub max_connection_duration: Option<Duration>,
+    /// `connectionPool.tcp.tcpKeepalive`: SO_KEEPALIVE on upstream sockets.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// `outlierDetection` (`None` = no ejection).
+    pub outlier: Option<OutlierPolicy>,
     /// Where the cluster was declared, for messages.
     pub origin: String,
 }
@@ -267,6 +283,51 @@ impl Cluster {
                 })
                 .collect::<Vec<_>>()
                 .join(","),
+        }
+    }
+}
+
+/// `connectionPool.tcp.tcpKeepalive`; unset fields keep the kernel's values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+}
+
+/// `outlierDetection`, with Envoy's defaults for what is unset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Consecutive 5xx answers (and, unless split, local-origin failures) that eject a host; 0
+    /// disables.
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 that eject a host; 0 disables (Istio's default).
+    pub consecutive_gateway: u32,
+    /// With `split_local_origin`: consecutive connect failures, resets and timeouts that eject.
+    pub consecutive_local_origin: u32,
+    pub split_local_origin: bool,
+    pub interval: Duration,
+    /// An ejection lasts this times the number of times the host was ejected.
+    pub base_ejection_time: Duration,
+    /// The longest ejection (Envoy's `max_ejection_time`, 300 s).
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy hosts the cluster panics and uses every host (0: never).
+    pub min_health_percent: u32,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        OutlierPolicy {
+            consecutive_5xx: 5,
+            consecutive_gateway: 0,
+            consecutive_local_origin: 5,
+            split_local_origin: false,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 10,
+            min_health_percent: 0,
         }
     }
 }

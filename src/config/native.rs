@@ -132,6 +132,9 @@ pub struct DestinationSpec {
     /// Whole-request timeout (Istio's VirtualService `timeout`); default none.
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// Istio's VirtualService `retries` block; default: Istio's default policy.
+    #[serde(default)]
+    pub retries: Option<crate::config::spec::RetrySpec>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -494,6 +497,14 @@ fn lower_destination(
                 )
             }),
             timeout: d.timeout.map(|t| t.0).filter(|t| !t.is_zero()),
+            retry: d.retries.as_ref().map(|r| {
+                crate::config::policies::retry_policy(
+                    Some(r),
+                    origin,
+                    &format!("{path}.retries"),
+                    problems,
+                )
+            }),
             namespace: None,
             subject_alt_names: Vec::new(),
         });

@@ -156,9 +156,8 @@ pub struct TrafficPolicySpec {
     pub connection_pool: Option<ConnectionPoolSpec>,
     #[serde(default)]
     pub load_balancer: Option<LoadBalancerSpec>,
-    /// Accepted so Istio manifests load; egret does not eject hosts yet (a warning says so).
     #[serde(default)]
-    pub outlier_detection: Option<serde_ignored_any::Any>,
+    pub outlier_detection: Option<OutlierSpec>,
     #[serde(default)]
     pub tunnel: Option<serde_ignored_any::Any>,
     #[serde(default)]
@@ -190,7 +189,7 @@ pub struct PortTrafficPolicySpec {
     #[serde(default)]
     pub load_balancer: Option<LoadBalancerSpec>,
     #[serde(default)]
-    pub outlier_detection: Option<serde_ignored_any::Any>,
+    pub outlier_detection: Option<OutlierSpec>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -313,4 +312,93 @@ mod tests {
         assert!(Dur::parse("10x").unwrap_err().contains("unknown unit"));
         assert!(Dur::parse("s").is_err());
     }
+}
+
+/// VirtualService `http[].retries` (HTTPRetry); egret's own routes take the same block.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySpec {
+    #[serde(default)]
+    pub attempts: Option<i64>,
+    #[serde(default)]
+    pub per_try_timeout: Option<Dur>,
+    #[serde(default)]
+    pub retry_on: Option<String>,
+    #[serde(default)]
+    pub retry_remote_localities: Option<bool>,
+    #[serde(default)]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    #[serde(default)]
+    pub backoff: Option<Dur>,
+}
+
+/// VirtualService `http[].fault` (HTTPFaultInjection).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultSpec {
+    #[serde(default)]
+    pub delay: Option<FaultDelaySpec>,
+    #[serde(default)]
+    pub abort: Option<FaultAbortSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelaySpec {
+    #[serde(default)]
+    pub fixed_delay: Option<Dur>,
+    #[serde(default)]
+    pub exponential_delay: Option<Dur>,
+    #[serde(default)]
+    pub percentage: Option<PercentSpec>,
+    /// Deprecated integer percentage.
+    #[serde(default)]
+    pub percent: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbortSpec {
+    #[serde(default)]
+    pub http_status: Option<i64>,
+    #[serde(default)]
+    pub grpc_status: Option<String>,
+    #[serde(default)]
+    pub http2_error: Option<String>,
+    #[serde(default)]
+    pub percentage: Option<PercentSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PercentSpec {
+    #[serde(default)]
+    pub value: f64,
+}
+
+/// `trafficPolicy.outlierDetection`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierSpec {
+    /// Deprecated alias of consecutive5xxErrors.
+    #[serde(default)]
+    pub consecutive_errors: Option<u32>,
+    #[serde(default, rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default)]
+    pub consecutive_local_origin_failures: Option<u32>,
+    #[serde(default)]
+    pub split_external_local_origin_errors: Option<bool>,
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    #[serde(default)]
+    pub base_ejection_time: Option<Dur>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<i64>,
+    #[serde(default)]
+    pub min_health_percent: Option<i64>,
+    #[serde(default)]
+    pub outlier_detection_http_error_codes: Option<serde_ignored_any::Any>,
 }

@@ -78,6 +78,7 @@ pub(super) fn kubernetes_services(
             path: "(Kubernetes service)".into(),
             policy: None,
             timeout: None,
+            retry: None,
             namespace: host.split('.').nth(1).map(str::to_string),
             subject_alt_names: Vec::new(),
         });

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::spec::{
-    Dur, EndpointSpec, PortSelectorSpec, PortSpec, SubsetSpec, TrafficPolicySpec,
-    serde_ignored_any::Any,
+    Dur, EndpointSpec, FaultSpec, PortSelectorSpec, PortSpec, RetrySpec, SubsetSpec,
+    TrafficPolicySpec, serde_ignored_any::Any,
 };
 
 /// A whole object: only its `spec` is kept (metadata was read before, status is ignored).
@@ -135,9 +135,9 @@ pub struct HttpRouteSpec {
     #[serde(default)]
     pub timeout: Option<Dur>,
     #[serde(default)]
-    pub retries: Option<Any>,
+    pub retries: Option<RetrySpec>,
     #[serde(default)]
-    pub fault: Option<Any>,
+    pub fault: Option<FaultSpec>,
     #[serde(default)]
     pub mirror: Option<Any>,
     #[serde(default)]

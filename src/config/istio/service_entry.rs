@@ -82,6 +82,7 @@ pub(super) fn services(store: &Store, proxy_ns: &str, problems: &mut Problems) -
                 path: se.path(""),
                 policy: None,
                 timeout: None,
+                retry: None,
                 namespace: Some(se.namespace.clone()),
                 subject_alt_names: se.spec.subject_alt_names.clone(),
             });

@@ -363,6 +363,18 @@ impl VsPhase<'_> {
             matches,
             action,
             timeout: r.timeout.map(|t| t.0).filter(|t| !t.is_zero()),
+            retry: crate::config::policies::retry_policy(
+                r.retries.as_ref(),
+                vs.origin(),
+                &format!("{rpath}.retries"),
+                problems,
+            ),
+            fault: crate::config::policies::fault(
+                r.fault.as_ref(),
+                vs.origin(),
+                &format!("{rpath}.fault"),
+                problems,
+            ),
             rewrite,
             request_headers: header_ops(
                 hdrs.request.as_ref(),
@@ -682,7 +694,7 @@ impl VsPhase<'_> {
 }
 
 /// Route fields egret does not implement: an error when ignoring them would change how requests
-/// are answered (delegate, fault), a warning otherwise.
+/// are answered (delegate), a warning otherwise.
 fn unsupported_fields(
     vs: &Obj<VirtualServiceSpec>,
     rpath: &str,
@@ -691,8 +703,6 @@ fn unsupported_fields(
 ) {
     for (field, set, fatal) in [
         ("delegate", r.delegate.is_some(), true),
-        ("fault", r.fault.is_some(), true),
-        ("retries", r.retries.is_some(), false),
         (
             "mirror",
             r.mirror.is_some()
@@ -717,9 +727,6 @@ fn unsupported_fields(
             );
         } else {
             let what = match field {
-                "retries" => {
-                    "egret retries only connection failures, on the next address (up to 3)"
-                }
                 "mirror" => "egret does not mirror traffic",
                 _ => "egret does not apply CORS policies",
             };

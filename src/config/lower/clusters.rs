@@ -17,17 +17,25 @@ use crate::config::diag::Problems;
 use crate::config::lower::tls::{TlsCtx, lower_tls};
 use crate::config::model::{
     Cluster, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_TCP_IDLE_TIMEOUT, DnsEndpoint,
-    Endpoints, LbPolicy, Protocol, TlsPolicy,
+    Endpoints, LbPolicy, Protocol, TcpKeepalive, TlsPolicy,
 };
 use crate::config::overrides::Overrides;
 use crate::config::spec::{
-    ConnectionPoolSpec, EndpointSpec, LoadBalancerSpec, SimpleLbSpec, SubsetSpec, TlsSpec,
-    TrafficPolicySpec,
+    ConnectionPoolSpec, EndpointSpec, LoadBalancerSpec, OutlierSpec, SimpleLbSpec, SubsetSpec,
+    TlsSpec, TrafficPolicySpec,
 };
 use crate::route::ClusterId;
 
-/// A default route (no VirtualService): port, host, cluster, timeout, origin.
-pub(crate) type DefaultRoute = (u16, String, ClusterId, Option<Duration>, String);
+/// A default route (no VirtualService).
+pub(crate) struct DefaultRoute {
+    pub port: u16,
+    pub host: String,
+    pub cluster: ClusterId,
+    pub timeout: Option<Duration>,
+    /// The destination's `retries` (egret's own config), else Istio's default.
+    pub retry: Option<crate::route::RetryPolicy>,
+    pub origin: String,
+}
 
 /// A declared host on a port that is not HTTP (TCP, TLS, HTTPS).
 #[derive(Clone)]
@@ -84,13 +92,14 @@ impl Clusters {
             });
         }
         if subset.is_none() && port.protocol.is_http() {
-            self.default_routes.push((
-                port.number,
-                svc.host.clone(),
-                id,
-                svc.timeout,
-                cluster.origin.clone(),
-            ));
+            self.default_routes.push(DefaultRoute {
+                port: port.number,
+                host: svc.host.clone(),
+                cluster: id,
+                timeout: svc.timeout,
+                retry: svc.retry.clone(),
+                origin: cluster.origin.clone(),
+            });
         }
         self.list.push(Arc::new(cluster));
     }
@@ -170,6 +179,12 @@ pub(crate) fn clusters(model: &Model, overrides: &Overrides, problems: &mut Prob
         tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
         max_requests_per_connection: 0,
         max_connections: None,
+        max_pending_requests: None,
+        max_requests: None,
+        max_retries: None,
+        max_connection_duration: None,
+        tcp_keepalive: None,
+        outlier: None,
         origin: "outbound traffic policy ALLOW_ANY".into(),
     }));
     out
@@ -206,6 +221,12 @@ pub(crate) fn lower_cluster(
     let endpoints_src = subset_endpoints(svc, subset, problems)?;
     let endpoints = endpoints(svc, port, target_port, &endpoints_src, problems);
     let pool = Pool::of(policy.pool.as_ref());
+    let outlier = match (&policy.outlier, &svc.policy) {
+        (Some((spec, path)), Some(p)) => {
+            crate::config::policies::outlier(Some(spec), &p.origin, path, problems)
+        }
+        _ => None,
+    };
     let lb = match policy.lb.and_then(|l| l.simple) {
         Some(SimpleLbSpec::Random) => LbPolicy::Random,
         Some(SimpleLbSpec::LeastRequest | SimpleLbSpec::LeastConn) => LbPolicy::LeastRequest,
@@ -225,6 +246,12 @@ pub(crate) fn lower_cluster(
         tcp_idle_timeout: pool.tcp_idle_timeout,
         max_requests_per_connection: pool.max_requests_per_connection,
         max_connections: pool.max_connections,
+        max_pending_requests: pool.max_pending_requests,
+        max_requests: pool.max_requests,
+        max_retries: pool.max_retries,
+        max_connection_duration: pool.max_connection_duration,
+        tcp_keepalive: pool.tcp_keepalive,
+        outlier,
         origin: format!("{}: {}", svc.origin, svc.path),
     })
 }
@@ -236,6 +263,8 @@ struct EffectivePolicy {
     tls: Option<(TlsSpec, String)>,
     pool: Option<ConnectionPoolSpec>,
     lb: Option<LoadBalancerSpec>,
+    /// The `outlierDetection` block and its field path.
+    outlier: Option<(OutlierSpec, String)>,
 }
 
 impl EffectivePolicy {
@@ -273,7 +302,17 @@ impl EffectivePolicy {
                 .map(|t| (t, format!("{path}.portLevelSettings[{i}].tls")));
             self.pool = pl.connection_pool.clone();
             self.lb = pl.load_balancer.clone();
+            self.outlier = pl
+                .outlier_detection
+                .clone()
+                .map(|o| (o, format!("{path}.portLevelSettings[{i}].outlierDetection")));
         } else {
+            if tp.outlier_detection.is_some() {
+                self.outlier = tp
+                    .outlier_detection
+                    .clone()
+                    .map(|o| (o, format!("{path}.outlierDetection")));
+            }
             if tp.tls.is_some() {
                 self.tls = tp.tls.clone().map(|t| (t, format!("{path}.tls")));
             }
@@ -436,6 +475,11 @@ struct Pool {
     /// 0 = unlimited.
     max_requests_per_connection: u32,
     max_connections: Option<u32>,
+    max_pending_requests: Option<u32>,
+    max_requests: Option<u32>,
+    max_retries: Option<u32>,
+    max_connection_duration: Option<Duration>,
+    tcp_keepalive: Option<TcpKeepalive>,
 }
 
 impl Pool {
@@ -460,6 +504,18 @@ impl Pool {
                     },
                     max_requests_per_connection: http.max_requests_per_connection.unwrap_or(0),
                     max_connections: tcp.max_connections,
+                    max_pending_requests: http.http1_max_pending_requests,
+                    max_requests: http.http2_max_requests,
+                    max_retries: http.max_retries,
+                    max_connection_duration: tcp
+                        .max_connection_duration
+                        .map(|d| d.0)
+                        .filter(|d| !d.is_zero()),
+                    tcp_keepalive: tcp.tcp_keepalive.as_ref().map(|k| TcpKeepalive {
+                        probes: k.probes,
+                        time: k.time.map(|d| d.0),
+                        interval: k.interval.map(|d| d.0),
+                    }),
                 }
             }
             None => Pool {
@@ -468,6 +524,11 @@ impl Pool {
                 tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
                 max_requests_per_connection: 0,
                 max_connections: None,
+                max_pending_requests: None,
+                max_requests: None,
+                max_retries: None,
+                max_connection_duration: None,
+                tcp_keepalive: None,
             },
         }
     }

@@ -148,7 +148,15 @@ pub(crate) fn add_default_routes(
     only_port: Option<u16>,
     problems: &mut Problems,
 ) {
-    for (port, host, cluster, timeout, origin) in routes {
+    for DefaultRoute {
+        port,
+        host,
+        cluster,
+        timeout,
+        retry,
+        origin,
+    } in routes
+    {
         if only_port.is_some_and(|p| p != *port) {
             continue;
         }
@@ -159,11 +167,17 @@ pub(crate) fn add_default_routes(
         let inserted = vhosts.insert(VirtualHost {
             name: format!("{host}:{port}"),
             domain: host.clone(),
-            routes: vec![HttpRoute::forward(
-                Some(Arc::from("default")),
-                WeightedClusters::single(*cluster),
-                *timeout,
-            )],
+            routes: vec![{
+                let mut r = HttpRoute::forward(
+                    Some(Arc::from("default")),
+                    WeightedClusters::single(*cluster),
+                    *timeout,
+                );
+                if let Some(p) = retry {
+                    r.retry = p.clone();
+                }
+                r
+            }],
         });
         if !inserted {
             problems.error(
