@@ -304,6 +304,19 @@ fn clusters(rt: &Runtime, as_json: bool) -> Response<Full<Bytes>> {
             let _ = writeln!(out, "{}::{h}{addr}::idle_connections::{idle}", c.name);
             let _ = writeln!(out, "{}::{h}{addr}::rq_active::{active}", c.name);
         }
+        // Envoy's /clusters marks an ejected host with its health flag.
+        let ejected = p
+            .outlier
+            .as_ref()
+            .map(|o| o.ejected_addresses())
+            .unwrap_or_default();
+        for addr in &ejected {
+            let _ = writeln!(
+                out,
+                "{}::{addr}::health_flags::/failed_outlier_check",
+                c.name
+            );
+        }
         list.push(serde_json::json!({
             "name": c.name,
             "endpoints": c.describe_endpoints(),
@@ -315,6 +328,7 @@ fn clusters(rt: &Runtime, as_json: bool) -> Response<Full<Bytes>> {
             "cx_connect_fail": load(&s.cx_connect_fail),
             "ssl_handshake": load(&s.ssl_handshake),
             "pool_idle": p.idle_connections(),
+            "ejected": ejected.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "hosts": hosts.iter().map(|(h, a, i, act)| serde_json::json!({
                 "host": h, "address": a.to_string(), "idle_connections": i, "rq_active": act,
             })).collect::<Vec<_>>(),

@@ -240,8 +240,13 @@ pub enum ProxyError {
     },
     /// Every connection attempt failed (TCP or TLS).
     Connect(ConnectFailure),
-    /// The connection pool is full (connectionPool.tcp.maxConnections).
-    Overflow { cluster: String, max: u32 },
+    /// A circuit breaker tripped: `limit` names it (`connectionPool.tcp.maxConnections`,
+    /// `connectionPool.http.http1MaxPendingRequests`, `connectionPool.http.http2MaxRequests`).
+    Overflow {
+        cluster: String,
+        max: u32,
+        limit: &'static str,
+    },
     /// The upstream closed or reset the connection before the response headers.
     UpstreamTerminated { reason: String },
     /// The upstream's TLS session failed after the handshake (e.g. a TLS 1.3 server rejecting
@@ -251,6 +256,18 @@ pub enum ProxyError {
     UpstreamProtocol { reason: String },
     /// The route timeout fired before the response headers.
     Timeout(Duration),
+    /// `perTryTimeout` fired before the response headers of an attempt.
+    PerTryTimeout(Duration),
+    /// Every attempt the retry policy allowed failed; `last` is how the last one failed.
+    RetryLimit {
+        attempts: u32,
+        last: Box<ProxyError>,
+    },
+    /// VirtualService `fault.abort` answered for the upstream.
+    FaultAbort {
+        status: u16,
+        grpc_status: Option<u32>,
+    },
 }
 
 impl ProxyError {
@@ -268,7 +285,9 @@ impl ProxyError {
             | ProxyError::UpstreamTerminated { .. }
             | ProxyError::UpstreamTls(_) => 503,
             ProxyError::UpstreamProtocol { .. } => 502,
-            ProxyError::Timeout(_) => 504,
+            ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => 504,
+            ProxyError::RetryLimit { last, .. } => last.status(),
+            ProxyError::FaultAbort { status, .. } => *status,
         }
     }
 
@@ -287,7 +306,18 @@ impl ProxyError {
             ProxyError::Overflow { .. } => Flags::UO,
             ProxyError::UpstreamTerminated { .. } => Flags::UC,
             ProxyError::UpstreamProtocol { .. } => Flags::UPE,
-            ProxyError::Timeout(_) => Flags::UT,
+            ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => Flags::UT,
+            ProxyError::RetryLimit { last, .. } => last.flags() | Flags::URX,
+            ProxyError::FaultAbort { .. } => Flags::FI,
+        }
+    }
+
+    /// The address a failed connect went to (the last one, after retries).
+    pub fn connect_addr(&self) -> Option<SocketAddr> {
+        match self {
+            ProxyError::Connect(c) => Some(c.addr),
+            ProxyError::RetryLimit { last, .. } => last.connect_addr(),
+            _ => None,
         }
     }
 
@@ -301,6 +331,7 @@ impl ProxyError {
             ProxyError::UpstreamTerminated { .. } => Some("connection termination"),
             ProxyError::Overflow { .. } => Some("overflow"),
             ProxyError::UpstreamProtocol { .. } => Some("protocol error"),
+            ProxyError::RetryLimit { last, .. } => last.reset_reason(),
             _ => None,
         }
     }
@@ -310,6 +341,9 @@ impl ProxyError {
         match self {
             ProxyError::Connect(c) => Some(c.reason()),
             ProxyError::UpstreamTls(t) => Some(t.to_string()),
+            ProxyError::RetryLimit { attempts, last } => last
+                .transport_failure_reason()
+                .map(|r| format!("{r} (after {attempts} attempts)")),
             _ => None,
         }
     }
@@ -325,6 +359,9 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream".to_string(),
             ProxyError::DnsFailed { .. } => "dns_resolution_failure".to_string(),
             ProxyError::Timeout(_) => "response_timeout".to_string(),
+            ProxyError::PerTryTimeout(_) => "upstream_per_try_timeout".to_string(),
+            ProxyError::FaultAbort { .. } => "fault_filter_abort".to_string(),
+            ProxyError::RetryLimit { last, .. } if last.reset_reason().is_none() => last.details(),
             _ => {
                 let reason = self.reset_reason().unwrap_or("connection failure");
                 let mut s = String::from("upstream_reset_before_response_started{");
@@ -354,6 +391,9 @@ impl ProxyError {
             ProxyError::UpstreamTls(t) => t.code,
             ProxyError::UpstreamProtocol { .. } => "upstream.protocol_error",
             ProxyError::Timeout(_) => "upstream.timeout",
+            ProxyError::PerTryTimeout(_) => "upstream.per_try_timeout",
+            ProxyError::RetryLimit { last, .. } => last.code(),
+            ProxyError::FaultAbort { .. } => "fault.abort",
         }
     }
 
@@ -390,6 +430,28 @@ impl ProxyError {
                     humanize(*d)
                 );
             }
+            ProxyError::PerTryTimeout(d) => {
+                let _ = write!(
+                    b,
+                    "upstream request timeout\negret: no response headers within the per-try timeout of {} (retries.perTryTimeout)",
+                    humanize(*d)
+                );
+            }
+            ProxyError::FaultAbort { .. } => b.push_str("fault filter abort"),
+            ProxyError::RetryLimit { attempts, last } => {
+                let inner = last.body();
+                let inner = inner.trim_end();
+                match inner.split_once("reset reason: ") {
+                    Some((head, tail)) if last.reset_reason().is_some() => {
+                        let _ = write!(b, "{head}retried and the latest reset reason: {tail}");
+                    }
+                    _ => b.push_str(inner),
+                }
+                let _ = write!(
+                    b,
+                    "\negret: gave up after {attempts} attempts (the route's retries; attempts: 0 turns them off)"
+                );
+            }
             _ => {
                 b.push_str("upstream connect error or disconnect/reset before headers. ");
                 if matches!(self, ProxyError::Connect(c) if c.attempts > 1) {
@@ -404,10 +466,14 @@ impl ProxyError {
                     let _ = write!(b, ", transport failure reason: {t}");
                 }
                 match self {
-                    ProxyError::Overflow { cluster, max } => {
+                    ProxyError::Overflow {
+                        cluster,
+                        max,
+                        limit,
+                    } => {
                         let _ = write!(
                             b,
-                            "\negret: {cluster} already has {max} connections (connectionPool.tcp.maxConnections)"
+                            "\negret: {cluster} reached its circuit breaker {limit} ({max}); raise it in the DestinationRule's trafficPolicy, or add capacity"
                         );
                     }
                     ProxyError::UpstreamTerminated { reason }

@@ -79,6 +79,37 @@ pub struct ClusterStats {
     /// Bytes written to / read from upstream connections (TCP proxying).
     pub cx_tx_bytes: AtomicU64,
     pub cx_rx_bytes: AtomicU64,
+    /// Retries (Envoy's `upstream_rq_retry*`): started, that succeeded, refused by the retry
+    /// budget (`maxRetries`), given up on (attempts ran out), and in flight (the budget's count).
+    pub rq_retry: AtomicU64,
+    pub rq_retry_success: AtomicU64,
+    pub rq_retry_overflow: AtomicU64,
+    pub rq_retry_limit_exceeded: AtomicU64,
+    pub rq_retry_backoff_exponential: AtomicU64,
+    pub rq_retry_active: AtomicU64,
+    pub rq_per_try_timeout: AtomicU64,
+    /// Requests waiting for a connection (`maxConnections` reached), all that ever waited, and
+    /// those refused for the pending limit or `http2MaxRequests` (`upstream_rq_pending_*`).
+    pub rq_pending_active: AtomicU64,
+    pub rq_pending_total: AtomicU64,
+    pub rq_pending_overflow: AtomicU64,
+    /// Connections being opened (counted against `maxConnections` with `cx_active`).
+    pub cx_connecting: AtomicU64,
+    /// Connections closed for reaching `maxConnectionDuration`.
+    pub cx_max_duration_reached: AtomicU64,
+    /// Outlier detection (`outlier_detection.ejections_*`).
+    pub outlier_ejections_active: AtomicU64,
+    pub outlier_ejections_enforced_total: AtomicU64,
+    pub outlier_ejections_overflow: AtomicU64,
+    pub outlier_ejections_enforced_consecutive_5xx: AtomicU64,
+    pub outlier_ejections_detected_consecutive_5xx: AtomicU64,
+    pub outlier_ejections_enforced_consecutive_gateway_failure: AtomicU64,
+    pub outlier_ejections_detected_consecutive_gateway_failure: AtomicU64,
+    pub outlier_ejections_enforced_consecutive_local_origin_failure: AtomicU64,
+    pub outlier_ejections_detected_consecutive_local_origin_failure: AtomicU64,
+    /// Wakes requests waiting for a connection: signalled when a connection closes or goes
+    /// back to the pool while someone waits.
+    pub capacity: tokio::sync::Notify,
     /// Response codes from (or for) this cluster.
     codes: Mutex<BTreeMap<u16, u64>>,
     pub rq_time: Histogram,
@@ -483,6 +514,91 @@ const CLUSTER_COUNTERS: &[(&str, &str, ClusterField)] = &[
     ("egret_cluster_upstream_cx_stale", "counter", |s| {
         &s.cx_stale
     }),
+    ("envoy_cluster_upstream_rq_retry", "counter", |s| {
+        &s.rq_retry
+    }),
+    ("envoy_cluster_upstream_rq_retry_success", "counter", |s| {
+        &s.rq_retry_success
+    }),
+    ("envoy_cluster_upstream_rq_retry_overflow", "counter", |s| {
+        &s.rq_retry_overflow
+    }),
+    (
+        "envoy_cluster_upstream_rq_retry_limit_exceeded",
+        "counter",
+        |s| &s.rq_retry_limit_exceeded,
+    ),
+    (
+        "envoy_cluster_upstream_rq_retry_backoff_exponential",
+        "counter",
+        |s| &s.rq_retry_backoff_exponential,
+    ),
+    (
+        "envoy_cluster_upstream_rq_per_try_timeout",
+        "counter",
+        |s| &s.rq_per_try_timeout,
+    ),
+    ("envoy_cluster_upstream_rq_pending_active", "gauge", |s| {
+        &s.rq_pending_active
+    }),
+    ("envoy_cluster_upstream_rq_pending_total", "counter", |s| {
+        &s.rq_pending_total
+    }),
+    (
+        "envoy_cluster_upstream_rq_pending_overflow",
+        "counter",
+        |s| &s.rq_pending_overflow,
+    ),
+    (
+        "envoy_cluster_upstream_cx_max_duration_reached",
+        "counter",
+        |s| &s.cx_max_duration_reached,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_active",
+        "gauge",
+        |s| &s.outlier_ejections_active,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_enforced_total",
+        "counter",
+        |s| &s.outlier_ejections_enforced_total,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_overflow",
+        "counter",
+        |s| &s.outlier_ejections_overflow,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_enforced_consecutive_5xx",
+        "counter",
+        |s| &s.outlier_ejections_enforced_consecutive_5xx,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_detected_consecutive_5xx",
+        "counter",
+        |s| &s.outlier_ejections_detected_consecutive_5xx,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure",
+        "counter",
+        |s| &s.outlier_ejections_enforced_consecutive_gateway_failure,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_detected_consecutive_gateway_failure",
+        "counter",
+        |s| &s.outlier_ejections_detected_consecutive_gateway_failure,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_enforced_consecutive_local_origin_failure",
+        "counter",
+        |s| &s.outlier_ejections_enforced_consecutive_local_origin_failure,
+    ),
+    (
+        "envoy_cluster_outlier_detection_ejections_detected_consecutive_local_origin_failure",
+        "counter",
+        |s| &s.outlier_ejections_detected_consecutive_local_origin_failure,
+    ),
 ];
 
 type ListenerField = fn(&ListenerStats) -> &AtomicU64;

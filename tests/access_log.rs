@@ -54,7 +54,7 @@ async fn uo_when_the_connection_pool_is_full() {
     let e = start_egret(
         &plain_yaml(
             origin.addr.port(),
-            "    trafficPolicy:\n      connectionPool:\n        tcp: {maxConnections: 1}\n",
+            "    trafficPolicy:\n      connectionPool:\n        tcp: {maxConnections: 1}\n        http: {http1MaxPendingRequests: 1}\n",
         ),
         Overrides::default(),
         dir.path(),
@@ -63,7 +63,12 @@ async fn uo_when_the_connection_pool_is_full() {
     let addr = e.addr;
     let first = tokio::spawn(async move { get(addr, "app.test", "/slow/800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The one connection is busy: the second request waits in the pending queue (its one
+    // place), the third overflows it.
+    let second = tokio::spawn(async move { get(addr, "app.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let r = get(e.addr, "app.test", "/").await;
+    assert_eq!(r.header("x-envoy-overloaded"), "true", "{r:?}");
     assert_eq!(
         (r.status.as_u16(), r.header("x-egret-error")),
         (503, "upstream.overflow"),
@@ -75,7 +80,12 @@ async fn uo_when_the_connection_pool_is_full() {
         200,
         "the request holding the connection completes"
     );
-    let lines = e.wait_log_lines(2).await;
+    assert_eq!(
+        second.await.expect("second").status,
+        200,
+        "the pending request got the connection when it came back"
+    );
+    let lines = e.wait_log_lines(3).await;
     let l = LogLine::parse(&lines[0]);
     assert_eq!(
         (l.code, l.flags.as_str(), l.details.as_str()),
@@ -209,7 +219,8 @@ async fn tls_alerts_from_the_server_are_explained() {
             "{r:?}"
         );
         let l = e.log_entry(1).await;
-        assert_eq!(l.flags, "UF");
+        // Istio's default retry policy retries a failed handshake twice (connect-failure).
+        assert_eq!(l.flags, "UF,URX");
         assert!(
             l.transport_failure.starts_with(code) && l.transport_failure.contains(words),
             "{}",

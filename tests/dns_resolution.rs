@@ -169,7 +169,8 @@ async fn every_address_refused_is_uf_urx() {
         "the address tried: {l:?}"
     );
     assert!(
-        l.transport_failure.contains("(after trying 2 addresses)"),
+        // Istio's default policy: the first attempt and two retries, over both addresses.
+        l.transport_failure.contains("(after 3 attempts)"),
         "{}",
         l.transport_failure
     );

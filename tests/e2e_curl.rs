@@ -122,7 +122,7 @@ async fn the_embedded_default_originates_verified_tls_to_443() {
     let l = LogLine::parse(&egret.wait_stdout(1)[0]);
     assert_eq!(
         (l.code, l.flags.as_str(), l.cluster.as_str()),
-        (503, "UF", "outbound|80||*")
+        (503, "UF,URX", "outbound|80||*")
     );
     assert!(
         egret

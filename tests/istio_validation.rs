@@ -327,7 +327,7 @@ data:
         ],
     ),
     (
-        "a fault injection would be ignored",
+        "a fault percentage above 100",
         &[
             SE,
             "apiVersion: networking.istio.io/v1
@@ -336,12 +336,12 @@ metadata: {name: vs, namespace: work}
 spec:
   hosts: [api.example.com]
   http:
-    - fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    - fault: {abort: {httpStatus: 500, percentage: {value: 150}}}
       route: [{destination: {host: api.example.com, port: {number: 80}}}]
 ",
         ],
         &[
-            "spec.http[0].fault: fault changes how requests are answered, and egret does not implement it",
+            "spec.http[0].fault.abort.percentage.value: percentage 150 is not between 0 and 100",
         ],
     ),
     (

@@ -203,7 +203,8 @@ async fn hostname_mismatch_is_refused_and_names_both_names() {
     let r = get(s.egret.addr, "api.test", "/").await;
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("x-egret-error"), "tls.hostname_mismatch");
-    assert!(r.body.starts_with("upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: tls.hostname_mismatch: expected 'api.test'"), "{}", r.body);
+    // Istio's default retries (connect-failure) tried twice more before giving up.
+    assert!(r.body.starts_with("upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure, transport failure reason: tls.hostname_mismatch: expected 'api.test'"), "{}", r.body);
     assert!(
         r.body.contains("[other.test, www.other.test]"),
         "{}",
@@ -211,7 +212,7 @@ async fn hostname_mismatch_is_refused_and_names_both_names() {
     );
     let e = s.egret.log_entry(1).await;
     assert_eq!(e.code, 503);
-    assert_eq!(e.flags, "UF");
+    assert_eq!(e.flags, "UF,URX");
     assert!(e.details.starts_with("upstream_reset_before_response_started{remote_connection_failure,tls.hostname_mismatch:"), "{}", e.details);
     assert!(!e.details.contains(' '));
     assert!(
@@ -371,7 +372,7 @@ async fn connect_refused_is_uf_with_the_address() {
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("x-egret-error"), "connect.refused");
     let l = e.log_entry(1).await;
-    assert_eq!(l.flags, "UF");
+    assert_eq!(l.flags, "UF,URX");
     assert!(
         l.transport_failure.starts_with(&format!(
             "connect.refused: api.test:{} at {addr} refused the connection",
@@ -399,7 +400,7 @@ async fn connect_timeout_is_uf_connection_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert_eq!(r.header("x-egret-error"), "connect.timeout");
     let l = e.log_entry(1).await;
-    assert_eq!(l.flags, "UF");
+    assert_eq!(l.flags, "UF,URX");
     assert!(
         l.details.starts_with(
             "upstream_reset_before_response_started{connection_timeout,connect.timeout:"
@@ -423,7 +424,7 @@ async fn upstream_reset_before_headers_is_uc() {
     assert_eq!(r.status, 503, "{r:?}");
     let l = e.log_entry(1).await;
     assert!(
-        l.flags == "UC" || l.flags == "UF",
+        l.flags == "UC" || l.flags == "UF,URX",
         "reset before or after connect: {l:?}"
     );
     assert_eq!(l.cluster, "outbound|80||reset.test");

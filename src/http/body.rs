@@ -30,9 +30,11 @@ impl BodyProgress {
 /// has none (egret's own HTTP/1 reader only takes those; see `server`).
 pub type Downstream = Option<Incoming>;
 
-/// The request body sent upstream: the downstream body, counted.
+/// The request body sent upstream: the downstream body, counted; or a copy read whole, for
+/// an attempt that may be repeated.
 pub struct RequestBody {
     inner: Option<Incoming>,
+    buffered: Option<Bytes>,
     progress: Arc<BodyProgress>,
 }
 
@@ -44,6 +46,7 @@ impl RequestBody {
         }
         RequestBody {
             inner: inner.filter(|_| !done),
+            buffered: None,
             progress,
         }
     }
@@ -52,8 +55,49 @@ impl RequestBody {
         progress.done.store(true, Ordering::Relaxed);
         RequestBody {
             inner: None,
+            buffered: None,
             progress,
         }
+    }
+
+    /// Reads the whole body when its declared length (Content-Length) is at most `limit`, so
+    /// the request can be sent again; the bytes are counted once, here. `None`: the body is
+    /// longer, or its length unknown (chunked), and stays streamed.
+    pub async fn buffer(&mut self, limit: u64) -> Result<Option<Bytes>, hyper::Error> {
+        if let Some(b) = &self.buffered {
+            return Ok(Some(b.clone()));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(Some(Bytes::new()));
+        };
+        match inner.size_hint().exact() {
+            Some(n) if n <= limit => {}
+            _ => return Ok(None),
+        }
+        let Some(inner) = self.inner.take() else {
+            return Ok(Some(Bytes::new()));
+        };
+        let bytes = http_body_util::BodyExt::collect(inner).await?.to_bytes();
+        self.progress
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.progress.done.store(true, Ordering::Relaxed);
+        self.buffered = Some(bytes.clone());
+        Ok(Some(bytes))
+    }
+
+    /// A body read whole before (see [`RequestBody::buffer`]), for another attempt.
+    pub fn replay(bytes: Bytes, progress: Arc<BodyProgress>) -> Self {
+        RequestBody {
+            inner: None,
+            buffered: Some(bytes).filter(|b| !b.is_empty()),
+            progress,
+        }
+    }
+
+    /// The progress this body reports to.
+    pub fn progress(&self) -> &Arc<BodyProgress> {
+        &self.progress
     }
 }
 
@@ -65,6 +109,9 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(b) = self.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -87,10 +134,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.buffered.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(b) = &self.buffered {
+            return SizeHint::with_exact(b.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())

@@ -64,6 +64,9 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.cx_active.fetch_sub(1, Ordering::Relaxed);
+        if self.0.rq_pending_active.load(Ordering::Relaxed) > 0 {
+            self.0.capacity.notify_one();
+        }
     }
 }
 

@@ -25,6 +25,9 @@ use crate::runtime::ConnCtx;
 use crate::upstream::Lease;
 
 static X_EGRET_ERROR: HeaderName = HeaderName::from_static("x-egret-error");
+static X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// A failure on the way to a response, with the request headers the log line may need.
 pub(super) type Failure = (ProxyError, Option<HeaderMap>);
@@ -95,10 +98,10 @@ impl Pending {
         rec.details = Some(err.details().into());
         rec.transport_failure = err.transport_failure_reason();
         // Envoy logs the address it tried on a connect failure (%UPSTREAM_HOST% on UF lines).
-        if let ProxyError::Connect(c) = &err
+        if let Some(addr) = err.connect_addr()
             && rec.upstream_host.is_none()
         {
-            rec.upstream_host = Some(c.addr);
+            rec.upstream_host = Some(addr);
         }
         rec.local_reply_body = Some(body.clone());
         if !matches!(
@@ -127,6 +130,28 @@ impl Pending {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(X_EGRET_ERROR.clone(), HeaderValue::from_static(err.code()));
+        match &err {
+            // Envoy marks a circuit breaker's answer so that nothing downstream retries it.
+            ProxyError::Overflow { .. } => {
+                h.insert(X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+            }
+            // A gRPC abort is a gRPC answer: HTTP 200, the status in `grpc-status`.
+            ProxyError::FaultAbort {
+                grpc_status: Some(g),
+                ..
+            } => {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                h.insert(GRPC_STATUS.clone(), HeaderValue::from(*g));
+                h.insert(
+                    GRPC_MESSAGE.clone(),
+                    HeaderValue::from_static("fault filter abort"),
+                );
+            }
+            _ => {}
+        }
         finish.log.format.capture_response(rec, h);
         resp.body_mut().finish = Some(finish);
         resp

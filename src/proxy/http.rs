@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -15,14 +15,14 @@ use http::{Method, Request, Response, Uri, Version};
 
 use crate::access_log::AccessRecord;
 use crate::config::Listener;
-use crate::error::ProxyError;
+use crate::error::{Flags, ProxyError};
 use crate::http::body::{BodyProgress, Downstream, RequestBody};
 use crate::route::{
-    ClusterId, Decision, HttpRoute, Redirect, RequestInfo, RouteAction, RouteMatch, StringMatch,
-    normalize_host,
+    ClusterId, Decision, Fault, HttpRoute, Redirect, RequestInfo, RetryPolicy, RouteAction,
+    RouteMatch, StringMatch, fault_applies, normalize_host,
 };
 use crate::runtime::{ConnCtx, Runtime};
-use crate::upstream::{ClusterPool, Exchange, SendError};
+use crate::upstream::{ClusterPool, Exchange, SendError, Sent, random_unit};
 
 use super::authority::authority_of;
 use super::finish::{Failure, Inner, Pending, ProxyBody, Telemetry};
@@ -126,6 +126,12 @@ async fn forward(
             None,
         ));
     };
+    // VirtualService `fault`: Envoy's fault filter runs before the router.
+    if let Some(fault) = target.route.and_then(|r| r.fault.as_ref())
+        && let Err(e) = inject_fault(fault, pending).await
+    {
+        return Err((e, Some(req.headers().clone())));
+    }
 
     // 3. Rewrite the request for the upstream.
     let (up, dns_host) = rewrite(
@@ -143,8 +149,7 @@ async fn forward(
 
     // 4. Upstream.
     let sent_at = Instant::now();
-    let timeout = target.route.and_then(|r| r.timeout);
-    let exchange = send(rt, pool, &dns_host, port, up, timeout, pending).await?;
+    let exchange = send(rt, pool, &dns_host, port, up, target.route, pending).await?;
 
     // 5. The response.
     Ok(respond(rt, exchange, sent_at, target.route, pending))
@@ -331,39 +336,72 @@ fn rewrite<'h>(
     (up, dns_host)
 }
 
-/// Step 4: the exchange with the upstream, within the route's timeout. A failed attempt's
-/// connection still goes into the record.
+/// Step 4: the exchange with the upstream, over the route's retries, within the route's
+/// timeout (which covers every attempt, as Envoy's). A failed attempt's connection still goes
+/// into the record.
 async fn send(
     rt: &Runtime,
     pool: &Arc<ClusterPool>,
     dns_host: &str,
     port: u16,
     up: Request<RequestBody>,
-    timeout: Option<Duration>,
+    route: Option<&HttpRoute>,
     pending: &mut Pending,
 ) -> Result<Exchange, Failure> {
-    let send = pool.send(&rt.upstream, dns_host, port, up);
-    let result = match timeout {
+    let policy = route.map_or_else(|| &*DEFAULT_RETRY, |r| &r.retry);
+    let send = pool.send(&rt.upstream, dns_host, port, up, policy);
+    let sent = match route.and_then(|r| r.timeout) {
         Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => Err(SendError {
-                error: ProxyError::Timeout(t),
-                conn: None,
-            }),
+            Ok(s) => s,
+            Err(_) => Sent {
+                result: Err(ProxyError::Timeout(t).into()),
+                attempts: 1,
+                flags: Flags::NONE,
+            },
         },
         None => send.await,
     };
-    result.map_err(|SendError { error, conn }| {
+    let Sent {
+        result,
+        attempts,
+        flags,
+    } = sent;
+    let rec = pending.rec_mut();
+    rec.flags |= flags;
+    rec.attempts = attempts;
+    result.map_err(|SendError { error, conn, .. }| {
         if let Some(c) = conn {
-            let rec = pending.rec_mut();
             rec.upstream_host = Some(c.transport.remote);
             rec.upstream_local = Some(c.transport.local);
             rec.upstream_tls = c.transport.tls.clone();
             rec.upstream_conn_id = Some(c.id);
-            rec.attempts = 1;
         }
         (error, None)
     })
+}
+
+/// The retry policy of requests no route matched (ALLOW_ANY): Istio's default.
+static DEFAULT_RETRY: std::sync::LazyLock<RetryPolicy> =
+    std::sync::LazyLock::new(RetryPolicy::istio_default);
+
+/// VirtualService `fault`: the delay (`DI`) and then the abort (`FI`), each for its share of
+/// requests.
+async fn inject_fault(fault: &Fault, pending: &mut Pending) -> Result<(), ProxyError> {
+    if let Some(d) = &fault.delay
+        && fault_applies(d.percent, random_unit())
+    {
+        pending.rec_mut().flags |= Flags::DI;
+        tokio::time::sleep(d.fixed).await;
+    }
+    if let Some(a) = &fault.abort
+        && fault_applies(a.percent, random_unit())
+    {
+        return Err(ProxyError::FaultAbort {
+            status: a.status,
+            grpc_status: a.grpc_status,
+        });
+    }
+    Ok(())
 }
 
 /// Step 5: the upstream's response goes downstream (hop-by-hop headers out, service time and
@@ -398,7 +436,6 @@ fn respond(
         rec.upstream_local = Some(upconn.transport.local);
         rec.upstream_tls = upconn.transport.tls.clone();
         rec.upstream_conn_id = Some(upconn.id);
-        rec.attempts = 1;
         rec.status = parts.status.as_u16();
         rec.details = Some("via_upstream".into());
         rt.access_log.format.capture_response(rec, &parts.headers);

@@ -10,6 +10,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::access_log::ConnTls;
+use crate::config::TcpKeepalive;
 use crate::error::{AttemptError, TlsFailure};
 use crate::tls::{Recording, TlsContext, UpstreamIo};
 
@@ -27,16 +28,13 @@ pub async fn connect(
     timeout: Duration,
     tls: Option<(&TlsContext, ServerName<'static>)>,
     alpn: &[&[u8]],
+    keepalive: Option<&TcpKeepalive>,
 ) -> Result<(UpstreamIo, Transport), AttemptError> {
     let fut = async {
         let stream = TcpStream::connect(addr).await.map_err(classify_connect)?;
         let _ = stream.set_nodelay(true);
         let sock = socket2::SockRef::from(&stream);
-        let _ = sock.set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(300))
-                .with_interval(Duration::from_secs(75)),
-        );
+        let _ = sock.set_tcp_keepalive(&keepalive_of(keepalive));
         let local = stream.local_addr().map_err(AttemptError::Io)?;
         match tls {
             None => Ok((
@@ -66,6 +64,19 @@ pub async fn connect(
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(AttemptError::Timeout(timeout)),
+    }
+}
+
+/// SO_KEEPALIVE settings: `connectionPool.tcp.tcpKeepalive` where set, else egret's defaults
+/// (first probe after 300 s idle, then every 75 s; the kernel's probe count).
+fn keepalive_of(k: Option<&TcpKeepalive>) -> socket2::TcpKeepalive {
+    let k = k.copied().unwrap_or_default();
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(k.time.unwrap_or(Duration::from_secs(300)))
+        .with_interval(k.interval.unwrap_or(Duration::from_secs(75)));
+    match k.probes {
+        Some(n) => ka.with_retries(n),
+        None => ka,
     }
 }
 

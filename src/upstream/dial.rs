@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use rustls::pki_types::ServerName;
 
 use crate::error::{AttemptError, ConnectFailure, ProxyError};
+use crate::metrics::ClusterStats;
 
 use crate::tls::UpstreamIo;
 
@@ -23,6 +24,20 @@ pub(super) enum DialError {
     Fatal(ProxyError),
 }
 
+/// A connection being opened, counted against `maxConnections` until the dial ends.
+pub(super) struct Connecting<'a>(Option<&'a ClusterStats>);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.cx_connecting.fetch_sub(1, Ordering::AcqRel);
+            if s.rq_pending_active.load(Ordering::Relaxed) > 0 {
+                s.capacity.notify_one();
+            }
+        }
+    }
+}
+
 /// At most this many addresses are tried for one request (Envoy's default retry policy allows
 /// two retries on connect failure).
 pub(super) const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -35,6 +50,7 @@ pub(super) fn new_conn(transport: Transport) -> Arc<ConnInfo> {
         id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
         transport,
         requests: AtomicU32::new(1),
+        opened: std::time::Instant::now(),
     })
 }
 
@@ -78,8 +94,55 @@ impl ClusterPool {
             return Err(ProxyError::Overflow {
                 cluster: self.cluster.name.clone(),
                 max,
+                limit: "connectionPool.tcp.maxConnections",
             });
         }
+        Ok(())
+    }
+
+    /// Reserves room for a new connection under `maxConnections` (connections open plus
+    /// those being opened), or says there is none. The reservation ends with the dial.
+    pub(super) fn reserve_connection(&self) -> Option<Connecting<'_>> {
+        let Some(max) = self.cluster.max_connections else {
+            return Some(Connecting(None));
+        };
+        let max = u64::from(max);
+        let s = &self.stats;
+        s.cx_connecting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (s.cx_active.load(Ordering::Acquire) + c < max).then_some(c + 1)
+            })
+            .ok()
+            .map(|_| Connecting(Some(&self.stats)))
+    }
+
+    /// Waits, as a pending request, until a connection closes or goes back to the pool (then
+    /// the caller looks again), or refuses at once when `http1MaxPendingRequests` are already
+    /// waiting: `503 UO` with `upstream_rq_pending_overflow`, as Envoy's pending queue.
+    /// `waited` says whether this request was counted pending before.
+    pub(super) async fn wait_for_slot(&self, waited: &mut bool) -> Result<(), ProxyError> {
+        let s = &self.stats;
+        if let Some(max) = self.cluster.max_pending_requests
+            && s.rq_pending_active.load(Ordering::Relaxed) >= u64::from(max)
+        {
+            s.rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
+            return Err(ProxyError::Overflow {
+                cluster: self.cluster.name.clone(),
+                max,
+                limit: "connectionPool.http.http1MaxPendingRequests",
+            });
+        }
+        if !*waited {
+            *waited = true;
+            s.rq_pending_total.fetch_add(1, Ordering::Relaxed);
+            s.cx_overflow.fetch_add(1, Ordering::Relaxed);
+        }
+        s.rq_pending_active.fetch_add(1, Ordering::Relaxed);
+        // A connection that closes or is pooled while someone waits signals `capacity`; the
+        // short timeout is a safety net for a signal taken by a waiter that then lost the race.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(50), s.capacity.notified()).await;
+        s.rq_pending_active.fetch_sub(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -106,7 +169,15 @@ impl ClusterPool {
                 Some((t, server_name))
             }
         };
-        match connect::connect(addr, self.cluster.connect_timeout, tls, self.alpn).await {
+        match connect::connect(
+            addr,
+            self.cluster.connect_timeout,
+            tls,
+            self.alpn,
+            self.cluster.tcp_keepalive.as_ref(),
+        )
+        .await
+        {
             Err(e) => {
                 self.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
                 if e.is_timeout() {

@@ -138,10 +138,19 @@ impl ClusterPool {
     }
 }
 
+/// A uniform draw in [0, 1) (back-off jitter, fault percentages).
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 fn random_below(n: usize) -> usize {
+    (random_u64() % n as u64) as usize
+}
+
+fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
-    (h.finish() % n as u64) as usize
+    h.finish()
 }

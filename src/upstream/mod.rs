@@ -7,14 +7,19 @@
 //! key, so different hosts (and SNI names) never share a connection.
 //!
 //! - [`pool`]: the pool itself: idle connections, leases, the idle sweeper.
-//! - [`send`]: one HTTP request to a cluster; [`dial`]: opening connections (and raw streams
+//! - [`retry`]: one HTTP request over its attempts (retry policy, back-off, budget);
+//!   [`outlier`]: ejecting failing addresses.
+//! - [`send`]: one attempt of an HTTP request; [`dial`]: opening connections (and raw streams
 //!   for TCP); [`endpoints`]: which address; [`connect`]: one TCP + TLS transport.
 
 pub mod connect;
 pub mod dial;
 pub mod endpoints;
+pub mod outlier;
 pub mod pool;
+pub mod retry;
 pub mod send;
 
+pub use endpoints::random_unit;
 pub use pool::{ClusterPool, ConnInfo, Lease, UpstreamCtx};
-pub use send::{Exchange, SendError};
+pub use send::{Exchange, SendError, Sent};

@@ -12,6 +12,7 @@ use hyper::client::conn::http1;
 use rustls::pki_types::ServerName;
 
 use super::connect::Transport;
+use super::outlier::Outlier;
 use crate::config::{Cluster, Endpoints, Protocol, UpstreamOverrides};
 use crate::dns::Dns;
 use crate::http::body::RequestBody;
@@ -33,6 +34,8 @@ pub struct ConnInfo {
     pub id: u64,
     pub transport: Transport,
     pub requests: AtomicU32,
+    /// When the connection was opened (`maxConnectionDuration`).
+    pub opened: Instant,
 }
 
 /// A pooled connection, by the client that drives it.
@@ -82,6 +85,8 @@ pub struct ClusterPool {
     pub(super) strip_port: bool,
     /// `destination()` for clusters whose host does not come from the request.
     pub(super) fixed_destination: Option<(Arc<str>, Arc<str>)>,
+    /// Outlier detection, for clusters with `outlierDetection`.
+    pub outlier: Option<Arc<Outlier>>,
 }
 
 impl std::fmt::Debug for ClusterPool {
@@ -126,6 +131,7 @@ impl ClusterPool {
         };
         let mut pool = ClusterPool {
             fixed_destination: None,
+            outlier: cluster.outlier.map(|p| Arc::new(Outlier::new(p))),
             name: Arc::from(cluster.name.as_str()),
             strip_port: tls.is_some() && connect_port_differs,
             cluster,
@@ -224,6 +230,9 @@ impl ClusterPool {
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let ep = map.get_mut(host_key)?.get_mut(&addr)?;
         while let Some(mut idle) = ep.idle.pop() {
+            if self.outlived(&idle.conn) {
+                continue;
+            }
             if idle.is_open() {
                 ep.active = ep.active.saturating_add(1);
                 drop(map);
@@ -233,6 +242,20 @@ impl ClusterPool {
             }
         }
         None
+    }
+
+    /// Whether a connection is past `maxConnectionDuration` (then it serves no more requests).
+    pub(super) fn outlived(&self, conn: &ConnInfo) -> bool {
+        let old = self
+            .cluster
+            .max_connection_duration
+            .is_some_and(|d| conn.opened.elapsed() >= d);
+        if old {
+            self.stats
+                .cx_max_duration_reached
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        old
     }
 
     pub(super) fn mark_active(&self, host_key: &str, addr: SocketAddr, delta: i32) {
@@ -265,6 +288,9 @@ impl ClusterPool {
         match idle {
             Some(idle) => {
                 ep.idle.push(idle);
+                if self.stats.rq_pending_active.load(Ordering::Relaxed) > 0 {
+                    self.stats.capacity.notify_one();
+                }
                 // Under the lock: a load and a store, no atomic read-modify-write per request.
                 if !self.sweeping.load(Ordering::Relaxed) {
                     self.sweeping.store(true, Ordering::Relaxed);
@@ -320,6 +346,8 @@ impl ClusterPool {
                     let c = &mut ep.idle[i];
                     if now.saturating_duration_since(c.since) > limit {
                         self.stats.cx_idle_timeout.fetch_add(1, Ordering::Relaxed);
+                        closed.push(ep.idle.remove(i));
+                    } else if self.outlived(&c.conn) {
                         closed.push(ep.idle.remove(i));
                     } else if !c.is_open() {
                         self.stats.cx_stale.fetch_add(1, Ordering::Relaxed);
@@ -384,7 +412,8 @@ impl Lease {
     /// The exchange is over. `reusable`: both bodies completed and nothing asked to close.
     pub fn finish(mut self, reusable: bool) {
         let max = self.pool.cluster.max_requests_per_connection;
-        let under_limit = max == 0 || self.conn.requests.load(Ordering::Relaxed) < max;
+        let under_limit = (max == 0 || self.conn.requests.load(Ordering::Relaxed) < max)
+            && !self.pool.outlived(&self.conn);
         let kind = match self.idle.take() {
             Some(Idle::Hyper(sender)) if !sender.is_closed() => Some(Idle::Hyper(sender)),
             Some(Idle::Relay(c)) => Some(Idle::Relay(c)),

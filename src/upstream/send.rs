@@ -11,7 +11,7 @@ use http::Request;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
-use crate::error::{AttemptError, ProxyError};
+use crate::error::ProxyError;
 use crate::http::body::{RequestBody, UpstreamBody};
 use crate::http::client::{ActiveGuard, ExchangeError, RawConn};
 use crate::http::wire::recycle_header_map;
@@ -19,8 +19,8 @@ use crate::http::wire::recycle_header_map;
 use crate::tls::UpstreamIo;
 
 use super::connect::{self, Transport};
-use super::dial::{DialError, MAX_CONNECT_ATTEMPTS, new_conn};
-use super::pool::{ClusterPool, ConnInfo, Idle, IdleConn, Lease, UpstreamCtx};
+use super::dial::{DialError, new_conn};
+use super::pool::{ClusterPool, ConnInfo, Idle, IdleConn, Lease};
 
 /// A successful exchange: the response head arrived. The lease goes back to the pool when the
 /// response (and request) bodies are complete.
@@ -30,26 +30,40 @@ pub struct Exchange {
     pub lease: Lease,
 }
 
+/// How a request fared over all its attempts: the exchange or the last failure, how many
+/// attempts were made, and the flags the retries add (`URX`, `UO`).
+pub struct Sent {
+    pub result: Result<Exchange, SendError>,
+    pub attempts: u32,
+    pub flags: crate::error::Flags,
+}
+
 /// A failed exchange, with the connection it failed on (if any) for the access log.
 pub struct SendError {
     pub error: ProxyError,
     pub conn: Option<Arc<ConnInfo>>,
+    /// The request, when none of it went out (a failed connect): another attempt can send it.
+    pub unsent: Option<Box<Request<RequestBody>>>,
 }
 
 impl From<ProxyError> for SendError {
     fn from(error: ProxyError) -> Self {
-        SendError { error, conn: None }
+        SendError {
+            error,
+            conn: None,
+            unsent: None,
+        }
     }
 }
 
 /// What every attempt of one request shares.
-struct Attempt<'a> {
+pub(super) struct Attempt<'a> {
     /// The pool key's host ("" for fixed-host clusters).
-    host_key: &'a str,
+    pub(super) host_key: &'a str,
     /// The host and port failures name.
-    target: (&'a str, u16),
+    pub(super) target: (&'a str, u16),
     /// Whether egret's own client takes the request (it has no body).
-    relay: bool,
+    pub(super) relay: bool,
 }
 
 /// How the pooled connections of one address answered.
@@ -61,56 +75,42 @@ enum Pooled {
 }
 
 impl ClusterPool {
-    /// Sends `req` to the cluster. `host` is the routed host (the DNS name and SNI for wildcard
-    /// and passthrough clusters), `req_port` the request's port (passthrough).
-    ///
-    /// A request without a body goes through egret's own HTTP/1.1 client (`http::client`); one
-    /// with a body through hyper's. Each address is tried with a pooled connection first, then
-    /// a new one; a failed connect moves on to the next address (at most
-    /// `MAX_CONNECT_ATTEMPTS`).
-    pub async fn send(
+    /// One attempt of `req` on `addr`: a pooled connection first, else a new one, waiting for
+    /// a free connection slot when `maxConnections` are all busy (the pending queue). A request
+    /// that never went out comes back in the error, for another attempt.
+    pub(super) async fn attempt(
         self: &Arc<Self>,
-        ctx: &UpstreamCtx,
+        to: &Attempt<'_>,
+        addr: SocketAddr,
         host: &str,
-        req_port: u16,
         mut req: Request<RequestBody>,
     ) -> Result<Exchange, SendError> {
-        self.stats.rq_total.fetch_add(1, Ordering::Relaxed);
-        let host_key: &str = if self.server_name.is_some() { "" } else { host };
-        let (addrs, logical_port) = self.addresses(ctx, host, req_port).await?;
-        let target_host = if host.is_empty()
-            || self.server_name.is_some() && !self.cluster.host.starts_with('*')
-        {
-            self.cluster.host.as_str()
-        } else {
-            host
-        };
-        let to = Attempt {
-            host_key,
-            target: (target_host, logical_port),
-            relay: http_body::Body::is_end_stream(req.body()),
-        };
-        let n = addrs.len();
-        let start = self.pick(host_key, &addrs);
-        let tries = n.min(MAX_CONNECT_ATTEMPTS);
-        let mut last: Option<(SocketAddr, AttemptError)> = None;
-        for attempt in 0..tries {
-            let addr = addrs.get((start + attempt) % n);
-            req = match self.send_pooled(&to, addr, req).await {
+        let mut waited = false;
+        let _slot = loop {
+            req = match self.send_pooled(to, addr, req).await {
                 Pooled::Done(result) => return result,
                 Pooled::NoneLeft(req) => req,
             };
-            // A new connection.
-            self.check_capacity()?;
-            match self.dial(addr, host, true).await {
-                Err(DialError::Fatal(e)) => return Err(e.into()),
-                Err(DialError::Attempt(e)) => last = Some((addr, e)),
-                Ok((io, transport)) => {
-                    return self.send_new(&to, addr, io, transport, req).await;
-                }
+            if let Some(slot) = self.reserve_connection() {
+                break slot;
             }
+            if let Err(error) = self.wait_for_slot(&mut waited).await {
+                return Err(SendError {
+                    error,
+                    conn: None,
+                    unsent: None,
+                });
+            }
+        };
+        match self.dial(addr, host, true).await {
+            Err(DialError::Fatal(e)) => Err(e.into()),
+            Err(DialError::Attempt(e)) => Err(SendError {
+                error: self.connect_failure(host, Some((addr, e)), 1),
+                conn: None,
+                unsent: Some(Box::new(req)),
+            }),
+            Ok((io, transport)) => self.send_new(to, addr, io, transport, req).await,
         }
-        Err(self.connect_failure(host, last, tries).into())
     }
 
     /// Tries the pooled connections to `addr`, newest first, until one answers. A connection
@@ -323,6 +323,7 @@ impl ClusterPool {
         SendError {
             error,
             conn: Some(conn.clone()),
+            unsent: None,
         }
     }
 }

@@ -21,8 +21,11 @@ pub use upstream::{
 };
 
 pub mod harness;
+pub mod scripted;
 #[allow(unused_imports)]
 pub use harness::*;
+#[allow(unused_imports)]
+pub use scripted::{Act, Scripted, Seen, start_scripted, start_scripted_on};
 
 use std::net::SocketAddr;
 use std::time::Duration;

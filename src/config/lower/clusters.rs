@@ -504,9 +504,10 @@ impl Pool {
                     },
                     max_requests_per_connection: http.max_requests_per_connection.unwrap_or(0),
                     max_connections: tcp.max_connections,
-                    max_pending_requests: http.http1_max_pending_requests,
-                    max_requests: http.http2_max_requests,
-                    max_retries: http.max_retries,
+                    // Istio: 0 means unset (the default).
+                    max_pending_requests: http.http1_max_pending_requests.filter(|n| *n > 0),
+                    max_requests: http.http2_max_requests.filter(|n| *n > 0),
+                    max_retries: http.max_retries.filter(|n| *n > 0),
                     max_connection_duration: tcp
                         .max_connection_duration
                         .map(|d| d.0)
