@@ -327,7 +327,7 @@ data:
         ],
     ),
     (
-        "a fault injection would be ignored",
+        "a fault abort with a status HTTP does not have",
         &[
             SE,
             "apiVersion: networking.istio.io/v1
@@ -336,13 +336,11 @@ metadata: {name: vs, namespace: work}
 spec:
   hosts: [api.example.com]
   http:
-    - fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    - fault: {abort: {httpStatus: 700, percentage: {value: 100}}}
       route: [{destination: {host: api.example.com, port: {number: 80}}}]
 ",
         ],
-        &[
-            "spec.http[0].fault: fault changes how requests are answered, and egret does not implement it",
-        ],
+        &["spec.http[0].fault.abort.httpStatus: 700 is not an HTTP status (200..599)"],
     ),
     (
         "a TCP port claimed by two hosts (a sidecar TCP listener cannot tell them apart)",
