@@ -481,7 +481,8 @@ spec:
 }
 
 /// Every DestinationRule field egret parses but does not act on is warned about by name, at the
-/// top level, in portLevelSettings and in subsets; the fields egret does apply are not.
+/// top level, in portLevelSettings and in subsets, saying what egret does instead; the fields
+/// egret does apply (the connection pool's limits and timeouts, outlierDetection) are not.
 #[test]
 fn fields_egret_does_not_act_on_are_warned_about_by_name() {
     let dr = "apiVersion: networking.istio.io/v1
@@ -492,19 +493,21 @@ spec:
   trafficPolicy:
     connectionPool:
       tcp: {maxConnections: 10, connectTimeout: 3s, maxConnectionDuration: 1h, tcpKeepalive: {time: 60s}}
-      http: {http1MaxPendingRequests: 5, http2MaxRequests: 100, maxRequestsPerConnection: 10, maxRetries: 3, idleTimeout: 30s}
+      http: {http1MaxPendingRequests: 5, http2MaxRequests: 100, maxRequestsPerConnection: 10, maxRetries: 3, idleTimeout: 30s, h2UpgradePolicy: UPGRADE, useClientProtocol: true}
     loadBalancer: {consistentHash: {httpHeaderName: x-user}, localityLbSetting: {enabled: true}}
-    outlierDetection: {consecutive5xxErrors: 5}
+    outlierDetection: {consecutive5xxErrors: 5, maxEjectionPercent: 100}
     retryBudget: {percent: 20}
     portLevelSettings:
       - port: {number: 80}
         loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}
-        outlierDetection: {consecutiveGatewayErrors: 2}
+        outlierDetection: {consecutiveGatewayErrors: 2, maxEjectionPercent: 100}
+        connectionPool: {http: {http1MaxPendingRequests: 1, maxRetries: 1}}
   subsets:
     - name: v1
       labels: {version: v1}
       trafficPolicy:
         connectionPool: {http: {maxConcurrentStreams: 10}}
+        outlierDetection: {consecutive5xxErrors: 1}
 ";
     let text = [SE, dr].join("---\n");
     let mut o = Overrides::default();
@@ -513,25 +516,38 @@ spec:
         .unwrap_or_else(|e| panic!("must load:\n{}", e.messages().join("\n")));
     let warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
     let all = warnings.join("\n");
-    for field in [
-        "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
-        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
-        "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests",
-        "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
-        "spec.trafficPolicy.connectionPool.http.maxRetries",
-        "spec.trafficPolicy.loadBalancer.consistentHash",
-        "spec.trafficPolicy.loadBalancer.localityLbSetting",
-        "spec.trafficPolicy.outlierDetection",
-        "spec.trafficPolicy.retryBudget",
-        "spec.trafficPolicy.portLevelSettings[0].loadBalancer.warmupDurationSecs",
-        "spec.trafficPolicy.portLevelSettings[0].outlierDetection",
-        "spec.subsets[0].trafficPolicy.connectionPool.http.maxConcurrentStreams",
+    for (field, instead) in [
+        (
+            "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+            "HTTP/1.1",
+        ),
+        (
+            "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+            "HTTP/1.1",
+        ),
+        (
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+            "round robin",
+        ),
+        (
+            "spec.trafficPolicy.loadBalancer.localityLbSetting",
+            "one locality",
+        ),
+        ("spec.trafficPolicy.retryBudget", "maxRetries"),
+        (
+            "spec.trafficPolicy.portLevelSettings[0].loadBalancer.warmupDurationSecs",
+            "full share",
+        ),
+        (
+            "spec.subsets[0].trafficPolicy.connectionPool.http.maxConcurrentStreams",
+            "http2MaxRequests",
+        ),
     ] {
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains(field) && w.contains("is accepted but not acted on")),
-            "no warning for {field}:\n{all}"
+            warnings.iter().any(|w| w.contains(field)
+                && w.contains("is accepted but not acted on")
+                && w.contains(instead)),
+            "no warning for {field} saying \"{instead}\":\n{all}"
         );
     }
     for applied in [
@@ -540,6 +556,12 @@ spec:
         "maxRequestsPerConnection",
         "idleTimeout",
         "simple",
+        "maxConnectionDuration",
+        "tcpKeepalive",
+        "http1MaxPendingRequests",
+        "http2MaxRequests",
+        "maxRetries",
+        "outlierDetection",
     ] {
         assert!(
             !warnings

@@ -284,7 +284,12 @@ pub(crate) fn check_port_level(
 
 /// Warns, by name, about each traffic-policy field that egret parses (so Istio manifests load)
 /// but does not act on, at the top level and in every `portLevelSettings[]`: an operator must
-/// never believe a setting applies when it does not.
+/// never believe a setting applies when it does not. Each warning says what egret does instead.
+///
+/// What egret does act on is not warned about: `outlierDetection`, `connectionPool.tcp`
+/// (`maxConnections`, `connectTimeout`, `idleTimeout`, `maxConnectionDuration`,
+/// `tcpKeepalive`), `connectionPool.http` (`http1MaxPendingRequests`, `http2MaxRequests`,
+/// `maxRequestsPerConnection`, `maxRetries`, `idleTimeout`) and `loadBalancer.simple`.
 pub(crate) fn warn_unapplied(
     tp: &TrafficPolicySpec,
     path: &str,
@@ -302,16 +307,11 @@ pub(crate) fn warn_unapplied(
             None,
         );
     };
-    if tp.outlier_detection.is_some() {
-        warn(
-            format!("{path}.outlierDetection"),
-            "egret does not eject hosts",
-        );
-    }
     if tp.retry_budget.is_some() {
         warn(
             format!("{path}.retryBudget"),
-            "egret retries only failed connects, on the next address (at most 3 attempts)",
+            "egret has no retry budget; retries are bounded by each route's retries.attempts and, \
+             across the cluster, by connectionPool.http.maxRetries (concurrent retries)",
         );
     }
     pool_and_lb(
@@ -321,67 +321,45 @@ pub(crate) fn warn_unapplied(
         &mut warn,
     );
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
-        let at = format!("{path}.portLevelSettings[{i}]");
-        if pl.outlier_detection.is_some() {
-            warn(
-                format!("{at}.outlierDetection"),
-                "egret does not eject hosts",
-            );
-        }
         pool_and_lb(
             pl.connection_pool.as_ref(),
             pl.load_balancer.as_ref(),
-            &at,
+            &format!("{path}.portLevelSettings[{i}]"),
             &mut warn,
         );
     }
 }
 
+/// The `connectionPool` and `loadBalancer` fields egret does not act on.
 fn pool_and_lb(
     pool: Option<&ConnectionPoolSpec>,
     lb: Option<&LoadBalancerSpec>,
     path: &str,
     warn: &mut impl FnMut(String, &str),
 ) {
-    const HTTP1_ONLY: &str = "egret speaks HTTP/1.1 to upstreams";
     if let Some(h) = pool.and_then(|p| p.http.as_ref()) {
         let at = |f: &str| format!("{path}.connectionPool.http.{f}");
-        if h.http1_max_pending_requests.is_some() {
-            warn(
-                at("http1MaxPendingRequests"),
-                "egret queues no requests; a request opens a connection when none is idle, up to tcp.maxConnections",
-            );
-        }
-        if h.max_retries.is_some() {
-            warn(
-                at("maxRetries"),
-                "egret retries only failed connects, on the next address (at most 3 attempts)",
-            );
-        }
-        for (set, field) in [
-            (h.http2_max_requests.is_some(), "http2MaxRequests"),
-            (h.max_concurrent_streams.is_some(), "maxConcurrentStreams"),
-            (h.h2_upgrade_policy.is_some(), "h2UpgradePolicy"),
-            (h.use_client_protocol.is_some(), "useClientProtocol"),
+        for (set, field, why) in [
+            (
+                h.max_concurrent_streams.is_some(),
+                "maxConcurrentStreams",
+                "egret speaks HTTP/1.1 to upstreams (one request per connection at a time), so \
+                 there are no streams to limit; use http2MaxRequests to cap requests in flight",
+            ),
+            (
+                h.h2_upgrade_policy.is_some(),
+                "h2UpgradePolicy",
+                "egret speaks HTTP/1.1 to upstreams and never upgrades a connection to HTTP/2",
+            ),
+            (
+                h.use_client_protocol.is_some(),
+                "useClientProtocol",
+                "egret speaks HTTP/1.1 to upstreams whatever the client spoke",
+            ),
         ] {
             if set {
-                warn(at(field), HTTP1_ONLY);
+                warn(at(field), why);
             }
-        }
-    }
-    if let Some(t) = pool.and_then(|p| p.tcp.as_ref()) {
-        let at = |f: &str| format!("{path}.connectionPool.tcp.{f}");
-        if t.max_connection_duration.is_some() {
-            warn(
-                at("maxConnectionDuration"),
-                "upstream connections end by idleTimeout and maxRequestsPerConnection only",
-            );
-        }
-        if t.tcp_keepalive.is_some() {
-            warn(
-                at("tcpKeepalive"),
-                "egret's own keepalive applies to upstream connections (time 300s, interval 75s)",
-            );
         }
     }
     if let Some(l) = lb {
@@ -389,11 +367,16 @@ fn pool_and_lb(
         if l.consistent_hash.is_some() {
             warn(
                 at("consistentHash"),
-                "egret balances round robin (or by loadBalancer.simple)",
+                "egret does not hash requests to endpoints; it balances round robin (or as \
+                 loadBalancer.simple says: RANDOM, LEAST_REQUEST)",
             );
         }
         if l.locality_lb_setting.is_some() {
-            warn(at("localityLbSetting"), "egret has no locality information");
+            warn(
+                at("localityLbSetting"),
+                "egret has no locality information and treats every endpoint as one locality \
+                 (no failover or distribution by locality)",
+            );
         }
         if l.warmup_duration_secs.is_some() || l.warmup.is_some() {
             let f = if l.warmup.is_some() {
@@ -401,7 +384,10 @@ fn pool_and_lb(
             } else {
                 "warmupDurationSecs"
             };
-            warn(at(f), "a new endpoint gets its full share at once");
+            warn(
+                at(f),
+                "egret has no slow start; a new endpoint gets its full share of requests at once",
+            );
         }
     }
 }

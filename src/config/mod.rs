@@ -32,7 +32,7 @@ pub use diag::{ConfigError, Origin, Problem, Problems, Severity};
 pub use load::load;
 pub use model::{
     AccessLogConfig, AccessLogPath, Cluster, Config, ConnectTo, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_OUTBOUND_LISTEN, DEFAULT_TCP_IDLE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_OUTBOUND_LISTEN, DEFAULT_TCP_IDLE_TIMEOUT,
     DEFAULT_TCP_LISTEN_ADDRESS, DnsConfig, DnsEndpoint, Endpoints, IpFamily, LbPolicy, Listener,
     OutboundPolicy, OutlierPolicy, PemSource, Protocol, ServerTlsPolicy, TcpKeepalive, TlsMode,
     TlsPolicy, TrustRoots, UpstreamOverrides,

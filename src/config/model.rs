@@ -287,6 +287,10 @@ impl Cluster {
     }
 }
 
+/// Concurrent retries per cluster when `maxRetries` is unset. Istio leaves it unlimited; egret
+/// bounds it so that retries cannot multiply an outage.
+pub const DEFAULT_MAX_RETRIES: u32 = 1024;
+
 /// `connectionPool.tcp.tcpKeepalive`; unset fields keep the kernel's values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpKeepalive {

@@ -299,3 +299,82 @@ pub(crate) fn outlier(
     }
     Some(p)
 }
+
+/// The least `maxEjectionPercent` that lets Envoy eject one of `hosts` hosts: it ejects only
+/// while `(ejected + 1) / hosts * 100 <= maxEjectionPercent`, so the first ejection needs
+/// `100 / hosts`, rounded up.
+pub(crate) fn min_ejection_percent(hosts: usize) -> u32 {
+    let hosts = u32::try_from(hosts.max(1)).unwrap_or(u32::MAX);
+    100u32.div_ceil(hosts)
+}
+
+/// Whether `policy` can ever eject one of `hosts` endpoints.
+pub(crate) fn can_eject(policy: &OutlierPolicy, hosts: usize) -> bool {
+    hosts > 0 && policy.max_ejection_percent >= min_ejection_percent(hosts)
+}
+
+/// Warns when `maxEjectionPercent` makes ejection impossible for a cluster of `hosts` static
+/// endpoints (Istio's default of 10 does so for fewer than 10 hosts): the rule would look
+/// active and never act.
+pub(crate) fn warn_no_ejection(
+    policy: &OutlierPolicy,
+    hosts: usize,
+    cluster: &str,
+    origin: &Origin,
+    path: &str,
+    problems: &mut Problems,
+) {
+    if hosts == 0 || can_eject(policy, hosts) {
+        return;
+    }
+    let need = min_ejection_percent(hosts);
+    let pct = policy.max_ejection_percent;
+    let share = 100.0 / hosts as f64;
+    problems.warn(
+        origin,
+        format!("{path}.maxEjectionPercent"),
+        format!(
+            "{cluster} has {hosts} endpoint{s} and maxEjectionPercent is {pct}{default}: ejecting even \
+             one host would eject {share:.0}% of them, more than {pct}%, so no host is ever ejected \
+             (Envoy ejects only while (ejected + 1) / hosts * 100 <= maxEjectionPercent)",
+            s = if hosts == 1 { "" } else { "s" },
+            default = if pct == OutlierPolicy::default().max_ejection_percent {
+                " (the default when unset)"
+            } else {
+                ""
+            },
+        ),
+        Some(format!(
+            "set maxEjectionPercent: 100, or at least {need} to allow one ejection among {hosts} endpoints"
+        )),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Envoy's rule: eject only while (ejected + 1) / hosts * 100 <= maxEjectionPercent.
+    #[test]
+    fn ejection_needs_room_for_one_host() {
+        let with = |pct| OutlierPolicy {
+            max_ejection_percent: pct,
+            ..OutlierPolicy::default()
+        };
+        assert_eq!(min_ejection_percent(1), 100);
+        assert_eq!(min_ejection_percent(3), 34);
+        assert_eq!(min_ejection_percent(4), 25);
+        assert_eq!(min_ejection_percent(10), 10);
+        assert!(
+            !can_eject(&OutlierPolicy::default(), 3),
+            "Istio's default 10%"
+        );
+        assert!(!can_eject(&with(33), 3));
+        assert!(can_eject(&with(34), 3));
+        assert!(can_eject(&with(100), 3));
+        assert!(can_eject(&OutlierPolicy::default(), 10));
+        assert!(!can_eject(&OutlierPolicy::default(), 9));
+        assert!(!can_eject(&with(0), 100), "0 ejects nothing");
+        assert!(can_eject(&with(1), 100));
+    }
+}

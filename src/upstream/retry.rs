@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
+use crate::config::DEFAULT_MAX_RETRIES;
 use crate::error::{Flags, ProxyError};
 use crate::http::body::{BodyProgress, RequestBody};
 use crate::route::{AttemptFailure, RetryPolicy};
@@ -29,10 +30,6 @@ static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-atte
 /// The largest request body kept for another attempt (Envoy's default
 /// `per_request_buffer_limit_bytes` is 1 MiB; 64 KiB is enough for API calls and bounds memory).
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
-
-/// Istio leaves `maxRetries` unlimited; egret bounds concurrent retries per cluster by default
-/// so that retries cannot multiply an outage.
-pub const DEFAULT_MAX_RETRIES: u32 = 1024;
 
 /// A copy of a request for another attempt.
 struct Replay {

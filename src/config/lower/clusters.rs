@@ -223,7 +223,18 @@ pub(crate) fn lower_cluster(
     let pool = Pool::of(policy.pool.as_ref());
     let outlier = match (&policy.outlier, &svc.policy) {
         (Some((spec, path)), Some(p)) => {
-            crate::config::policies::outlier(Some(spec), &p.origin, path, problems)
+            let o = crate::config::policies::outlier(Some(spec), &p.origin, path, problems);
+            if let (Some(o), Endpoints::Static(addrs)) = (&o, &endpoints) {
+                crate::config::policies::warn_no_ejection(
+                    o,
+                    addrs.len(),
+                    &name,
+                    &p.origin,
+                    path,
+                    problems,
+                );
+            }
+            o
         }
         _ => None,
     };
