@@ -64,6 +64,15 @@ impl Drop for RetryGuard<'_> {
     }
 }
 
+/// What every attempt of one request shares, beyond [`Attempt`].
+struct Plan<'a, 'r> {
+    to: Attempt<'a>,
+    host: &'a str,
+    addrs: &'a Addrs<'r>,
+    policy: &'a RetryPolicy,
+    replay: Option<Replay>,
+}
+
 impl ClusterPool {
     /// Sends `req` to the cluster under `policy`. `host` is the routed host (the DNS name and
     /// SNI for wildcard and passthrough clusters), `req_port` the request's port (passthrough).
@@ -75,22 +84,14 @@ impl ClusterPool {
         mut req: Request<RequestBody>,
         policy: &RetryPolicy,
     ) -> Sent {
-        let s = &self.stats;
-        s.rq_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         let fail = |e: ProxyError| Sent {
             result: Err(e.into()),
             attempts: 0,
             flags: Flags::NONE,
         };
-        if let Some(max) = self.cluster.max_requests
-            && s.rq_active.load(Ordering::Relaxed) >= u64::from(max)
-        {
-            s.rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
-            return fail(ProxyError::Overflow {
-                cluster: self.cluster.name.clone(),
-                max,
-                limit: "connectionPool.http.http2MaxRequests",
-            });
+        if let Some(e) = self.requests_overflow() {
+            return fail(e);
         }
         let host_key: &str = if self.server_name.is_some() { "" } else { host };
         let (addrs, logical_port) = match self.addresses(ctx, host, req_port).await {
@@ -115,91 +116,58 @@ impl ClusterPool {
         } else {
             None
         };
-        let to = Attempt {
-            host_key,
-            target: (target_host, logical_port),
-            relay: http_body::Body::is_end_stream(req.body()),
+        let plan = Plan {
+            to: Attempt {
+                host_key,
+                target: (target_host, logical_port),
+                relay: http_body::Body::is_end_stream(req.body()),
+            },
+            host,
+            addrs: &addrs,
+            policy,
+            replay,
         };
-        let start = self.pick(host_key, &addrs);
+        self.run(&plan, req).await
+    }
+
+    /// `http2MaxRequests`: no request beyond it is in flight (Envoy counts the overflow as
+    /// `upstream_rq_pending_overflow`).
+    fn requests_overflow(&self) -> Option<ProxyError> {
+        let max = self.cluster.max_requests?;
+        if self.stats.rq_active.load(Ordering::Relaxed) < u64::from(max) {
+            return None;
+        }
+        self.stats
+            .rq_pending_overflow
+            .fetch_add(1, Ordering::Relaxed);
+        Some(ProxyError::Overflow {
+            cluster: self.cluster.name.clone(),
+            max,
+            limit: "connectionPool.http.http2MaxRequests",
+        })
+    }
+
+    /// The attempts, until one is not to be retried or the policy runs out.
+    async fn run(self: &Arc<Self>, plan: &Plan<'_, '_>, mut req: Request<RequestBody>) -> Sent {
+        let (s, policy) = (&self.stats, plan.policy);
+        let start = self.pick(plan.to.host_key, plan.addrs);
         let mut tried: Vec<usize> = Vec::new();
         let mut flags = Flags::NONE;
         let mut attempt: u32 = 1;
         let mut _budget: Option<RetryGuard<'_>> = None;
         loop {
-            let Some(idx) = self.choose(&addrs, start, &tried, policy.other_hosts) else {
+            let Some(idx) = self.choose(plan.addrs, start, &tried, policy.other_hosts) else {
                 return Sent {
-                    result: Err(ProxyError::NoHealthyUpstream {
-                        target: format!("{target_host}:{logical_port}"),
-                        reason: format!(
-                            "every address of {} is ejected by outlier detection (outlierDetection; minHealthPercent makes the cluster use them anyway)",
-                            self.cluster.name
-                        ),
-                        code: "upstream.all_ejected",
-                    }
-                    .into()),
+                    result: Err(self.all_ejected(plan.to.target).into()),
                     attempts: attempt - 1,
                     flags,
                 };
             };
-            let addr = addrs.get(idx);
-            if attempt > 1 || policy.retries > 0 {
-                req.headers_mut()
-                    .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
-            }
-            let one = self.attempt(&to, addr, host, req);
-            let result = match policy.per_try_timeout {
-                None => one.await,
-                Some(t) => match tokio::time::timeout(t, one).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        s.rq_per_try_timeout.fetch_add(1, Ordering::Relaxed);
-                        Err(ProxyError::PerTryTimeout(t).into())
-                    }
-                },
-            };
+            let addr = plan.addrs.get(idx);
+            let (result, mut next) = self.one_attempt(plan, addr, attempt, req).await;
             _budget = None;
-            // A request that never went out is taken back for the next attempt.
-            let (result, mut next) = match result {
-                Err(SendError {
-                    error,
-                    conn,
-                    unsent: Some(r),
-                }) => (
-                    Err(SendError {
-                        error,
-                        conn,
-                        unsent: None,
-                    }),
-                    Some(*r),
-                ),
-                other => (other, None),
-            };
-            // Outlier detection sees every attempt that reached (or tried to reach) the address.
-            let (outcome, failure) = match &result {
-                Ok(x) => (Some(Outcome::Status(x.response.status().as_u16())), None),
-                Err(e) => match classify(&e.error, next.is_some()) {
-                    Some(f) => (Some(Outcome::LocalFailure), Some(f)),
-                    None => (None, None),
-                },
-            };
-            if let (Some(o), Some(outlier)) = (outcome, &self.outlier) {
-                outlier.report(addr, o, addrs.len(), s);
-            }
-            let wants_retry = policy.retries > 0
-                && match (&result, failure) {
-                    (Ok(x), _) => {
-                        replay.is_some()
-                            && policy.retries_response(
-                                x.response.status().as_u16(),
-                                x.response.headers(),
-                            )
-                    }
-                    (Err(_), Some(f)) => {
-                        policy.retries_failure(f) && (next.is_some() || replay.is_some())
-                    }
-                    (Err(_), None) => false,
-                };
-            if !wants_retry {
+            let retry = self.judge(plan, addr, &result, next.is_some());
+            if !retry {
                 if attempt > 1 && result.is_ok() {
                     s.rq_retry_success.fetch_add(1, Ordering::Relaxed);
                 }
@@ -218,16 +186,14 @@ impl ClusterPool {
                 };
             }
             let max = self.cluster.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
-            if s.rq_retry_active.load(Ordering::Relaxed) >= u64::from(max) {
+            let again = next
+                .take()
+                .or_else(|| plan.replay.as_ref().map(Replay::request));
+            let Some(again) =
+                again.filter(|_| s.rq_retry_active.load(Ordering::Relaxed) < u64::from(max))
+            else {
                 s.rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
                 flags |= Flags::UO;
-                return Sent {
-                    result,
-                    attempts: attempt,
-                    flags,
-                };
-            }
-            let Some(again) = next.take().or_else(|| replay.as_ref().map(Replay::request)) else {
                 return Sent {
                     result,
                     attempts: attempt,
@@ -248,6 +214,94 @@ impl ClusterPool {
             }
             tried.push(idx);
             attempt += 1;
+        }
+    }
+
+    /// Attempt number `n` on `addr`, within the per-try timeout. A request that never went
+    /// out comes back as the second value, for the next attempt.
+    async fn one_attempt(
+        self: &Arc<Self>,
+        plan: &Plan<'_, '_>,
+        addr: std::net::SocketAddr,
+        n: u32,
+        mut req: Request<RequestBody>,
+    ) -> (Result<Exchange, SendError>, Option<Request<RequestBody>>) {
+        if n > 1 || plan.policy.retries > 0 {
+            req.headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(n));
+        }
+        let one = self.attempt(&plan.to, addr, plan.host, req);
+        let result = match plan.policy.per_try_timeout {
+            None => one.await,
+            Some(t) => match tokio::time::timeout(t, one).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.stats
+                        .rq_per_try_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    Err(ProxyError::PerTryTimeout(t).into())
+                }
+            },
+        };
+        match result {
+            Err(SendError {
+                error,
+                conn,
+                unsent: Some(r),
+            }) => (
+                Err(SendError {
+                    error,
+                    conn,
+                    unsent: None,
+                }),
+                Some(*r),
+            ),
+            other => (other, None),
+        }
+    }
+
+    /// Feeds outlier detection with an attempt's outcome and says whether the policy wants
+    /// another attempt (and one can be made: the request came back unsent, or a copy exists).
+    fn judge(
+        &self,
+        plan: &Plan<'_, '_>,
+        addr: std::net::SocketAddr,
+        result: &Result<Exchange, SendError>,
+        unsent: bool,
+    ) -> bool {
+        let policy = plan.policy;
+        let (outcome, failure) = match result {
+            Ok(x) => (Some(Outcome::Status(x.response.status().as_u16())), None),
+            Err(e) => match classify(&e.error, unsent) {
+                Some(f) => (Some(Outcome::LocalFailure), Some(f)),
+                None => (None, None),
+            },
+        };
+        if let (Some(o), Some(outlier)) = (outcome, &self.outlier) {
+            outlier.report(addr, o, plan.addrs.len(), &self.stats);
+        }
+        if policy.retries == 0 {
+            return false;
+        }
+        match (result, failure) {
+            (Ok(x), _) => {
+                plan.replay.is_some()
+                    && policy.retries_response(x.response.status().as_u16(), x.response.headers())
+            }
+            (Err(_), Some(f)) => policy.retries_failure(f) && (unsent || plan.replay.is_some()),
+            (Err(_), None) => false,
+        }
+    }
+
+    /// `503 UH` when outlier detection ejected every address.
+    fn all_ejected(&self, (host, port): (&str, u16)) -> ProxyError {
+        ProxyError::NoHealthyUpstream {
+            target: format!("{host}:{port}"),
+            reason: format!(
+                "every address of {} is ejected by outlier detection (outlierDetection; minHealthPercent makes the cluster use them anyway)",
+                self.cluster.name
+            ),
+            code: "upstream.all_ejected",
         }
     }
 
