@@ -78,6 +78,43 @@ impl Config {
         );
     }
 
+    /// The rows of one port's HTTP routes, with each route's timeout, retries and fault.
+    fn http_rows(&self, out: &mut String, port: u16, vhosts: &crate::route::VirtualHosts) {
+        for vh in &vhosts.hosts {
+            for r in &vh.routes {
+                let route = r.name.as_deref().unwrap_or("-");
+                match &r.action {
+                    RouteAction::Direct { status, .. } => {
+                        let _ = writeln!(
+                            out,
+                            "  {port:<6} {:<40} {route:<10} direct response {status}",
+                            vh.domain
+                        );
+                    }
+                    RouteAction::Redirect(r) => {
+                        let _ = writeln!(
+                            out,
+                            "  {port:<6} {:<40} {route:<10} redirect {} to {}{}",
+                            vh.domain,
+                            r.code,
+                            r.authority.as_deref().unwrap_or("<same host>"),
+                            r.uri.as_deref().unwrap_or("")
+                        );
+                    }
+                    RouteAction::Forward(w) => {
+                        for wc in &w.clusters {
+                            self.cluster_row(out, &port.to_string(), &vh.domain, route, wc.cluster);
+                        }
+                        route_policy(out, r);
+                    }
+                }
+                if let Some(f) = &r.fault {
+                    let _ = writeln!(out, "{UNDER_ROUTE}fault: {}", describe_fault(f));
+                }
+            }
+        }
+    }
+
     /// The effective routing table, one line per route: what `egret check` prints.
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -106,46 +143,7 @@ impl Config {
                 "PORT", "HOST", "ROUTE", "CLUSTER", "CONNECT", "TLS", "SNI"
             );
             for port in ports {
-                let vhosts = &l.routes.ports[&port];
-                for vh in &vhosts.hosts {
-                    for r in &vh.routes {
-                        let route = r.name.as_deref().unwrap_or("-");
-                        match &r.action {
-                            RouteAction::Direct { status, .. } => {
-                                let _ = writeln!(
-                                    out,
-                                    "  {port:<6} {:<40} {route:<10} direct response {status}",
-                                    vh.domain
-                                );
-                            }
-                            RouteAction::Redirect(r) => {
-                                let _ = writeln!(
-                                    out,
-                                    "  {port:<6} {:<40} {route:<10} redirect {} to {}{}",
-                                    vh.domain,
-                                    r.code,
-                                    r.authority.as_deref().unwrap_or("<same host>"),
-                                    r.uri.as_deref().unwrap_or("")
-                                );
-                            }
-                            RouteAction::Forward(w) => {
-                                for wc in &w.clusters {
-                                    self.cluster_row(
-                                        &mut out,
-                                        &port.to_string(),
-                                        &vh.domain,
-                                        route,
-                                        wc.cluster,
-                                    );
-                                }
-                                route_policy(&mut out, r);
-                            }
-                        }
-                        if let Some(f) = &r.fault {
-                            let _ = writeln!(out, "{UNDER_ROUTE}fault: {}", describe_fault(f));
-                        }
-                    }
-                }
+                self.http_rows(&mut out, port, &l.routes.ports[&port]);
             }
             if let Some(l4) = &l.l4 {
                 use crate::route::{L4Fallback, L4Routes};
