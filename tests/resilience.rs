@@ -653,3 +653,50 @@ async fn a_dns_name_with_a_dead_address_is_served_by_the_others() {
         3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_closing_mid_body_is_uc_and_never_retried() {
+    let origin = start_scripted("cut", |_| Act::CloseMidBody).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Even a policy that retries resets cannot retry once the response has started.
+    let yaml = service_entry("api.test", &[origin.addr.port()])
+        + &virtual_service("api.test", "retries: {attempts: 3, retryOn: reset}\n");
+    let r = start(&yaml, dir.path()).await;
+    let (got, _) = exchange(
+        r.egret.addr,
+        b"GET / HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        got.ends_with("0123456789"),
+        "the 10 bytes that came, then the connection closes: {got}"
+    );
+    assert_eq!(origin.count(), 1, "a started response is never retried");
+    let l = r.egret.log_entry(1).await;
+    assert_eq!((l.code, l.flags.as_str()), (200, "UC"), "{l:?}");
+    assert_eq!(l.bytes_sent, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attempt_count_is_in_the_access_log() {
+    let origin = start_scripted("flaky", |i| {
+        if i < 3 {
+            Act::Status(503)
+        } else {
+            Act::Status(200)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio}\ndata:\n  mesh: |-\n    accessLogFormat: \"%RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT%\\n\"\n---\n";
+    let yaml = mesh.to_string()
+        + &service_entry("api.test", &[origin.addr.port()])
+        + &virtual_service("api.test", "retries: {attempts: 1, retryOn: 503}\n");
+    let r = start(&yaml, dir.path()).await;
+    assert_eq!(get(r.egret.addr, "api.test", "/").await.status, 503);
+    assert_eq!(get(r.egret.addr, "api.test", "/").await.status, 200);
+    let lines = r.egret.wait_log_lines(2).await;
+    assert_eq!(lines, vec!["503 URX 2", "200 - 2"]);
+    assert_eq!(origin.count(), 4);
+}

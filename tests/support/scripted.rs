@@ -22,6 +22,8 @@ pub enum Act {
     Reset,
     /// Waits this long, then answers 200.
     Stall(Duration),
+    /// Sends a 200 head promising 100 bytes, 10 of them, and closes.
+    CloseMidBody,
 }
 
 /// One request as the origin saw it.
@@ -141,6 +143,15 @@ async fn serve(mut s: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, script: Script, na
             Act::Stall(d) => {
                 tokio::time::sleep(d).await;
                 200
+            }
+            Act::CloseMidBody => {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                    .await;
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = s.set_zero_linger();
+                return;
             }
             Act::Status(st) => st,
         };
