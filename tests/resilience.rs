@@ -700,3 +700,86 @@ async fn the_attempt_count_is_in_the_access_log() {
     assert_eq!(lines, vec!["503 URX 2", "200 - 2"]);
     assert_eq!(origin.count(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_refusing_tcp_endpoint() {
+    let echo = start_echo_plain().await;
+    let dead = refused_addr().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: kafka}}
+spec:
+  hosts: [kafka.test]
+  ports: [{{number: 9092, name: tcp-kafka, protocol: TCP}}]
+  resolution: STATIC
+  endpoints:
+    - {{address: 127.0.0.1, ports: {{tcp-kafka: {}}}}}
+    - {{address: 127.0.0.1, ports: {{tcp-kafka: {}}}}}
+---
+",
+        dead.port(),
+        echo.addr.port()
+    ) + &destination_rule(
+        "kafka.test",
+        "{outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 60s, maxEjectionPercent: 100}}",
+    );
+    let log = dir.path().join("access.log");
+    let mut overrides = Overrides {
+        access_log: Some(log.display().to_string()),
+        ..Default::default()
+    };
+    overrides.istio.namespace = "work".into();
+    overrides.istio.bind_ports.insert(9092, 0);
+    let source = Source {
+        name: dir.path().join("egret.yaml").display().to_string(),
+        text: yaml,
+        base_dir: Some(dir.path().to_path_buf()),
+        params: Vec::new(),
+    };
+    let cfg = egret::config::load(&[source], &overrides).unwrap_or_else(|e| panic!("{e}"));
+    let (bound, _) = egret::app::build(cfg, egret::app::Options::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = bound
+        .listeners
+        .iter()
+        .find(|(n, _)| n.ends_with("9092"))
+        .map(|(_, a)| *a)
+        .expect("the TCP listener");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for i in 0..6 {
+        let mut s = tokio::net::TcpStream::connect(listener)
+            .await
+            .expect("connect");
+        s.write_all(b"ping").await.expect("write");
+        let mut got = [0u8; 4];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .expect("an answer in time")
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!((n, &got), (4, b"ping"));
+    }
+    // The dead endpoint was tried once (and the connection moved on to the live one); after
+    // that it is ejected and never dialled again.
+    let stats = bound.state.load().metrics.render();
+    let line = |name: &str| {
+        stats
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "{name}{{cluster_name=\"outbound|9092||kafka.test\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("missing")
+            .to_string()
+    };
+    assert_eq!(line("envoy_cluster_upstream_cx_connect_fail"), "1");
+    assert_eq!(
+        line("envoy_cluster_outlier_detection_ejections_active"),
+        "1"
+    );
+    assert_eq!(echo.connections(), 6);
+}

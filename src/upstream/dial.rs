@@ -14,6 +14,7 @@ use crate::metrics::ClusterStats;
 use crate::tls::UpstreamIo;
 
 use super::connect::{self, Transport};
+use super::outlier::Outcome;
 use super::pool::{ClusterPool, ConnInfo, UpstreamCtx};
 
 /// Why one connection attempt did not produce a connection.
@@ -69,12 +70,26 @@ impl ClusterPool {
         let (addrs, _) = self.addresses(ctx, host, req_port).await?;
         let n = addrs.len();
         let start = self.pick(host_key, &addrs);
-        let tries = n.min(MAX_CONNECT_ATTEMPTS);
+        // Outlier detection: ejected addresses are skipped while any other is left.
+        let ejected = |a| self.outlier.as_ref().is_some_and(|o| o.is_ejected(a));
+        let mut order: Vec<SocketAddr> = (0..n).map(|k| addrs.get((start + k) % n)).collect();
+        if self.outlier.is_some() && order.iter().any(|a| !ejected(*a)) {
+            order.retain(|a| !ejected(*a));
+        }
+        let tries = order.len().min(MAX_CONNECT_ATTEMPTS);
         let mut last = None;
-        for attempt in 0..tries {
-            let addr = addrs.get((start + attempt) % n);
+        for &addr in order.iter().take(tries) {
             self.check_capacity()?;
-            match self.dial(addr, host, originate_tls).await {
+            let result = self.dial(addr, host, originate_tls).await;
+            if let Some(o) = &self.outlier {
+                // Envoy's TCP proxy: a connect is the whole exchange (success counts as 200).
+                let outcome = match &result {
+                    Ok(_) => Outcome::Status(200),
+                    Err(_) => Outcome::LocalFailure,
+                };
+                o.report(addr, outcome, n, &self.stats);
+            }
+            match result {
                 Ok((io, transport)) => {
                     return Ok((io, new_conn(transport)));
                 }
