@@ -59,6 +59,8 @@ pub struct Options {
     pub drain_grace: Duration,
     /// The largest request head a listener accepts (bytes; `431` past it).
     pub max_request_head: usize,
+    /// Open connections per listener (`--max-connections`); `None`: unlimited, as Envoy.
+    pub max_connections: Option<usize>,
     pub ops: OpsAddrs,
     pub log_level: Option<LogLevelHandle>,
     pub workload: Workload,
@@ -73,6 +75,7 @@ impl Default for Options {
             drain: Duration::from_secs(45),
             drain_grace: Duration::from_secs(0),
             max_request_head: crate::http::server::DEFAULT_MAX_REQUEST_HEAD,
+            max_connections: None,
             ops: OpsAddrs::default(),
             log_level: None,
             workload: Workload::default(),
@@ -361,7 +364,10 @@ impl App {
                 self.state.clone(),
                 rx,
                 self.options.drain,
-                self.options.max_request_head,
+                listener::Limits {
+                    max_head: self.options.max_request_head,
+                    max_connections: self.options.max_connections,
+                },
             ));
             self.running.push(Running {
                 key,
