@@ -17,7 +17,7 @@ use crate::config::{AccessLogPath, Config, ConfigError, Problem};
 use crate::dns::Dns;
 use crate::listener;
 use crate::metrics::{CertExpiry, Metrics, Workload};
-use crate::runtime::{Health, Runtime};
+use crate::runtime::{Health, OwnAddrs, Runtime};
 use crate::tls::TlsContexts;
 use crate::upstream::{ClusterPool, UpstreamCtx};
 
@@ -88,6 +88,8 @@ impl Default for Options {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Where egret listens (proxy listeners and operational servers).
+    pub own: Arc<OwnAddrs>,
 }
 
 /// Builds the runtime (TLS material, DNS, pools, access log) for a config. Warnings found while
@@ -206,6 +208,7 @@ pub fn runtime(
         metrics: shared.metrics.clone(),
         health: shared.health.clone(),
         certs,
+        own: shared.own.clone(),
     })
 }
 
@@ -242,6 +245,7 @@ pub async fn build(config: Config, options: Options) -> Result<(App, Vec<Problem
     let shared = Arc::new(Shared {
         metrics: Arc::new(Metrics::default()),
         health: Arc::new(Health::default()),
+        own: Arc::new(OwnAddrs::default()),
     });
     if let Ok(mut w) = shared.metrics.workload.write() {
         *w = options.workload.clone();
@@ -397,6 +401,9 @@ impl App {
                     .map(|r| (l.name.clone(), r.bound))
             })
             .collect();
+        let own = self.running.iter().map(|r| r.bound);
+        let own = own.chain(self.ops.iter().map(|(_, a)| *a)).collect();
+        self.shared.own.set(own);
     }
 
     /// Swaps in a new configuration. It is fully validated and its TLS material loaded first;

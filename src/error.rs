@@ -251,6 +251,14 @@ pub enum ProxyError {
     UpstreamProtocol { reason: String },
     /// The route timeout fired before the response headers.
     Timeout(Duration),
+    /// ALLOW_ANY passthrough to egret's own ports or to a cloud metadata address (egret's own
+    /// guard, `proxy::guard`; Envoy has none): `addr` is what `host` is or resolved to.
+    SelfOrMetadata {
+        host: String,
+        port: u16,
+        addr: std::net::IpAddr,
+        what: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -269,6 +277,8 @@ impl ProxyError {
             | ProxyError::UpstreamTls(_) => 503,
             ProxyError::UpstreamProtocol { .. } => 502,
             ProxyError::Timeout(_) => 504,
+            // A policy refusal of a request that is fine: Forbidden, not a gateway failure.
+            ProxyError::SelfOrMetadata { .. } => 403,
         }
     }
 
@@ -288,6 +298,7 @@ impl ProxyError {
             ProxyError::UpstreamTerminated { .. } => Flags::UC,
             ProxyError::UpstreamProtocol { .. } => Flags::UPE,
             ProxyError::Timeout(_) => Flags::UT,
+            ProxyError::SelfOrMetadata { .. } => Flags::NONE,
         }
     }
 
@@ -325,6 +336,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream".to_string(),
             ProxyError::DnsFailed { .. } => "dns_resolution_failure".to_string(),
             ProxyError::Timeout(_) => "response_timeout".to_string(),
+            ProxyError::SelfOrMetadata { .. } => "egret.self_or_metadata_refused".to_string(),
             _ => {
                 let reason = self.reset_reason().unwrap_or("connection failure");
                 let mut s = String::from("upstream_reset_before_response_started{");
@@ -354,6 +366,7 @@ impl ProxyError {
             ProxyError::UpstreamTls(t) => t.code,
             ProxyError::UpstreamProtocol { .. } => "upstream.protocol_error",
             ProxyError::Timeout(_) => "upstream.timeout",
+            ProxyError::SelfOrMetadata { .. } => "policy.self_or_metadata_refused",
         }
     }
 
@@ -388,6 +401,17 @@ impl ProxyError {
                     b,
                     "upstream request timeout\negret: no response headers within the route timeout of {}",
                     humanize(*d)
+                );
+            }
+            ProxyError::SelfOrMetadata {
+                host,
+                port,
+                addr,
+                what,
+            } => {
+                let _ = write!(
+                    b,
+                    "egret: refused {host}:{port} ({addr}): it is {what}, and the outbound traffic policy ALLOW_ANY passes undeclared hosts through to anything else but these; to allow it, declare the host and port (a ServiceEntry, or a destination)"
                 );
             }
             _ => {

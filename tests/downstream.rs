@@ -1,13 +1,14 @@
-//! Downstream limits, on the wire against the egret binary or the in-process runtime:
-//! `--max-connections` (an idle keep-alive connection makes room, busy ones do not;
-//! `envoy_listener_downstream_cx_overflow`) and the header-count and header-size limits (`431`).
+//! Downstream limits and the ALLOW_ANY guard, on the wire against the egret binary or the
+//! in-process runtime: `--max-connections` (an idle keep-alive connection makes room, busy ones
+//! do not; `envoy_listener_downstream_cx_overflow`), the header-count and header-size limits
+//! (`431`), and ALLOW_ANY refusing egret's own ports and cloud metadata unless declared.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use egret::config::Overrides;
+use egret::config::{OutboundPolicy, Overrides};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -290,6 +291,167 @@ async fn header_count_and_size_limits_answer_431_and_log_it() {
     );
 }
 
+fn allow_any() -> Overrides {
+    Overrides {
+        outbound_policy: Some(OutboundPolicy::AllowAny),
+        ..Overrides::default()
+    }
+}
+
+/// The status, `x-egret-error` and body of a refusal, and its access-log line.
+async fn refused(e: &Egret, host: &str, line: usize) -> (Resp, LogLine) {
+    let r = get(e.addr, host, "/").await;
+    let l = e.log_entry(line).await;
+    (r, l)
+}
+
+#[tokio::test]
+async fn allow_any_refuses_metadata_and_egret_itself() {
+    let origin = start_plain("elsewhere").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = allow_any();
+    for (name, ip) in [
+        ("metadata.test", "169.254.169.254"),
+        ("loop.test", "127.0.0.1"),
+        ("elsewhere.test", "127.0.0.1"),
+    ] {
+        o.upstream
+            .resolve
+            .insert(name.into(), vec![ip.parse().expect("ip")]);
+    }
+    let e = start_egret(&static_app_yaml(origin.addr.port()), o, dir.path()).await;
+    let own = e.addr.port();
+
+    let mut n = 0;
+    for (host, addr) in [
+        // The metadata address, literally, and a name for it.
+        ("169.254.169.254".to_string(), "169.254.169.254"),
+        ("169.254.170.2".to_string(), "169.254.170.2"),
+        ("metadata.test".to_string(), "169.254.169.254"),
+        ("[fd00:ec2::254]".to_string(), "fd00:ec2::254"),
+        // egret's own listener, by address and by a name resolving to it.
+        (format!("127.0.0.1:{own}"), "127.0.0.1"),
+        (format!("loop.test:{own}"), "127.0.0.1"),
+    ] {
+        n += 1;
+        let (r, l) = refused(&e, &host, n).await;
+        assert_eq!(r.status, 403, "{host}: {r:?}");
+        assert_eq!(r.header("x-egret-error"), "policy.self_or_metadata_refused");
+        assert!(
+            r.body.contains(&format!("({addr})")) && r.body.contains("declare the host and port"),
+            "{host}: {}",
+            r.body
+        );
+        assert_eq!(
+            (
+                l.code,
+                l.flags.as_str(),
+                l.details.as_str(),
+                l.route.as_str()
+            ),
+            (403, "-", "egret.self_or_metadata_refused", "allow_any"),
+            "{host}"
+        );
+        assert_eq!(l.upstream_host, "-", "{host}: nothing was dialled");
+    }
+    // Any other host still passes through, on loopback too.
+    let r = get(
+        e.addr,
+        &format!("elsewhere.test:{}", origin.addr.port()),
+        "/",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "hello from elsewhere\n");
+    assert_eq!(origin.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_declared_metadata_address_is_routed() {
+    let origin = start_plain("metadata").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 169.254.169.254 declared (a ServiceEntry's host), its endpoint the test origin.
+    let yaml = format!(
+        "listeners: [{{name: outbound, address: \"127.0.0.1:0\"}}]\ndestinations:\n  - hosts: [169.254.169.254]\n    ports: [{{number: 80, targetPort: {}}}]\n    resolution: STATIC\n    endpoints: [{{address: 127.0.0.1}}]\n",
+        origin.addr.port()
+    );
+    let e = start_egret(&yaml, allow_any(), dir.path()).await;
+    let r = get(e.addr, "169.254.169.254", "/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "hello from metadata\n");
+    let l = e.log_entry(1).await;
+    assert_ne!(l.route, "allow_any");
+    assert_eq!(l.upstream_host, origin.addr.to_string());
+    // The declared port only: another port of the same address is passthrough, and refused.
+    let r = get(e.addr, "169.254.169.254:8080", "/").await;
+    assert_eq!(r.status, 403, "{r:?}");
+}
+
+#[test]
+fn allow_any_refuses_the_admin_port_through_the_binary_forward_proxy_and_connect() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let origin = rt.block_on(start_plain("app"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("egret.yaml");
+    std::fs::write(&cfg, static_app_yaml(origin.addr.port())).expect("write config");
+    let egret = EgretProcess::start(&[
+        "--config",
+        &cfg.display().to_string(),
+        "--outbound-policy",
+        "ALLOW_ANY",
+        "--access-log",
+        "-",
+    ]);
+    let proxy = format!("http://{}", egret.addr);
+    let admin = egret.listener("admin");
+    let stats = egret.listener("stats");
+    let status = |extra: &[&str], url: &str| {
+        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}", "-x", &proxy];
+        args.extend_from_slice(extra);
+        args.push(url);
+        curl(&args).1
+    };
+    // Forward-proxy style requests to the admin and stats servers, and the metadata address.
+    let cases = [
+        format!("http://{admin}/config_dump"),
+        format!("http://localhost:{}/config_dump", admin.port()),
+        format!("http://{stats}/stats/prometheus"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+    ];
+    for url in &cases {
+        assert_eq!(status(&[], url), "403", "{url}");
+    }
+    // CONNECT to the admin port: refused before the tunnel opens.
+    let (_, code, err) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect}",
+        "-p",
+        "-x",
+        &proxy,
+        &format!("http://{admin}/config_dump"),
+    ]);
+    assert_eq!(code, "403", "{err}");
+    let lines: Vec<LogLine> = egret
+        .wait_stdout(cases.len() + 1)
+        .iter()
+        .map(|l| LogLine::parse(l))
+        .collect();
+    for l in &lines {
+        assert_eq!(
+            (l.code, l.details.as_str(), l.route.as_str()),
+            (403, "egret.self_or_metadata_refused", "allow_any"),
+            "{l:?}"
+        );
+    }
+    assert_eq!(lines[0].authority, admin.to_string());
+    assert_eq!(lines.last().map(|l| l.method.as_str()), Some("CONNECT"));
+    // The app's own declared host is unaffected.
+    assert_eq!(status(&[], "http://app.test/"), "200");
+    egret.terminate();
+}
+
 #[test]
 fn a_tcp_listener_obeys_max_connections_and_never_counts_as_idle() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -349,5 +511,54 @@ fn a_tcp_listener_obeys_max_connections_and_never_counts_as_idle() {
             .any(|l| l.contains("7001") && l.ends_with(" 1")),
         "{overflow:#?}"
     );
+    egret.terminate();
+}
+
+#[test]
+fn allow_any_tls_passthrough_refuses_an_sni_that_resolves_to_metadata() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A TLS listener routes by SNI; under ALLOW_ANY any other SNI is spliced to that name on
+    // the listener's port, unless it is metadata or egret.
+    let cfg = write(
+        dir.path(),
+        "tls.yaml",
+        "listeners:\n  - {name: outbound, address: \"127.0.0.1:0\"}\n  - {name: tls, address: \"127.0.0.1:0\", port: 443, protocol: TLS}\ndestinations:\n  - hosts: [api.example.com]\n    ports: [{number: 443, name: tls, protocol: TLS}]\n",
+    );
+    let egret = EgretProcess::start(&[
+        "run",
+        "-c",
+        &cfg,
+        "--outbound-policy",
+        "ALLOW_ANY",
+        "--resolve",
+        "meta.test=169.254.169.254",
+        "--access-log",
+        "-",
+    ]);
+    let listener = egret.listener("tls");
+    let (rc, _, err) = curl(&[
+        "-k",
+        "--connect-to",
+        &format!("meta.test:443:{}:{}", listener.ip(), listener.port()),
+        "https://meta.test/",
+    ]);
+    assert_ne!(rc, 0, "the handshake cannot complete: {err}");
+    let line = LogLine::parse(&egret.wait_stdout(1)[0]);
+    assert_eq!(
+        (
+            line.details.as_str(),
+            line.sni.as_str(),
+            line.route.as_str(),
+            line.upstream_host.as_str()
+        ),
+        (
+            "egret.self_or_metadata_refused",
+            "meta.test",
+            "allow_any",
+            "-"
+        ),
+        "{line:?}"
+    );
+    assert!(line.termination.contains("169.254.169.254"), "{line:?}");
     egret.terminate();
 }

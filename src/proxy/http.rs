@@ -126,6 +126,10 @@ async fn forward(
             None,
         ));
     };
+    // ALLOW_ANY never passes through to egret itself or to cloud metadata.
+    if let Err(e) = super::guard::check(rt, pool, &host, port).await {
+        return Err((e, Some(req.headers().clone())));
+    }
 
     // 3. Rewrite the request for the upstream.
     let (up, dns_host) = rewrite(
