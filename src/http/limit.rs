@@ -2,8 +2,10 @@
 //! accepted, and the set of idle keep-alive connections that can be closed to make room.
 //!
 //! A connection is *idle* while egret's HTTP/1 loop waits between two requests on it (nothing
-//! read, nothing in flight). Only that loop reports idleness: connections served by hyper (a
-//! request with a body, upgrades, HTTP/2, TLS-terminated) and TCP connections are always busy.
+//! read, nothing in flight), and also before its first request: a connection that never sends
+//! anything would otherwise hold its place for the whole idle timeout (an hour). Only that loop
+//! reports idleness: connections served by hyper (once a request had a body or an upgrade, h2c,
+//! TLS-terminated) and TCP connections are always busy.
 //!
 //! When the listener is full, the connection idle for the longest is told to close and the
 //! new one is admitted (for the moment the closing one takes to go, the listener has one more
