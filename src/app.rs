@@ -17,7 +17,7 @@ use crate::config::{AccessLogPath, Config, ConfigError, Problem};
 use crate::dns::Dns;
 use crate::listener;
 use crate::metrics::{CertExpiry, Metrics, Workload};
-use crate::runtime::{Health, Runtime};
+use crate::runtime::{Health, OwnAddrs, Runtime};
 use crate::tls::TlsContexts;
 use crate::upstream::{ClusterPool, UpstreamCtx};
 
@@ -59,6 +59,8 @@ pub struct Options {
     pub drain_grace: Duration,
     /// The largest request head a listener accepts (bytes; `431` past it).
     pub max_request_head: usize,
+    /// Open connections per listener (`--max-connections`); `None`: unlimited, as Envoy.
+    pub max_connections: Option<usize>,
     pub ops: OpsAddrs,
     pub log_level: Option<LogLevelHandle>,
     pub workload: Workload,
@@ -73,6 +75,7 @@ impl Default for Options {
             drain: Duration::from_secs(45),
             drain_grace: Duration::from_secs(0),
             max_request_head: crate::http::server::DEFAULT_MAX_REQUEST_HEAD,
+            max_connections: None,
             ops: OpsAddrs::default(),
             log_level: None,
             workload: Workload::default(),
@@ -85,6 +88,8 @@ impl Default for Options {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Where egret listens (proxy listeners and operational servers).
+    pub own: Arc<OwnAddrs>,
 }
 
 /// Builds the runtime (TLS material, DNS, pools, access log) for a config. Warnings found while
@@ -203,6 +208,7 @@ pub fn runtime(
         metrics: shared.metrics.clone(),
         health: shared.health.clone(),
         certs,
+        own: shared.own.clone(),
     })
 }
 
@@ -239,6 +245,7 @@ pub async fn build(config: Config, options: Options) -> Result<(App, Vec<Problem
     let shared = Arc::new(Shared {
         metrics: Arc::new(Metrics::default()),
         health: Arc::new(Health::default()),
+        own: Arc::new(OwnAddrs::default()),
     });
     if let Ok(mut w) = shared.metrics.workload.write() {
         *w = options.workload.clone();
@@ -361,7 +368,10 @@ impl App {
                 self.state.clone(),
                 rx,
                 self.options.drain,
-                self.options.max_request_head,
+                listener::Limits {
+                    max_head: self.options.max_request_head,
+                    max_connections: self.options.max_connections,
+                },
             ));
             self.running.push(Running {
                 key,
@@ -391,6 +401,9 @@ impl App {
                     .map(|r| (l.name.clone(), r.bound))
             })
             .collect();
+        let own = self.running.iter().map(|r| r.bound);
+        let own = own.chain(self.ops.iter().map(|(_, a)| *a)).collect();
+        self.shared.own.set(own);
     }
 
     /// Swaps in a new configuration. It is fully validated and its TLS material loaded first;

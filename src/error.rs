@@ -268,6 +268,14 @@ pub enum ProxyError {
         status: u16,
         grpc_status: Option<u32>,
     },
+    /// ALLOW_ANY passthrough to egret's own ports or to a cloud metadata address (egret's own
+    /// guard, `proxy::guard`; Envoy has none): `addr` is what `host` is or resolved to.
+    SelfOrMetadata {
+        host: String,
+        port: u16,
+        addr: std::net::IpAddr,
+        what: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -288,6 +296,8 @@ impl ProxyError {
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => 504,
             ProxyError::RetryLimit { last, .. } => last.status(),
             ProxyError::FaultAbort { status, .. } => *status,
+            // A policy refusal of a request that is fine: Forbidden, not a gateway failure.
+            ProxyError::SelfOrMetadata { .. } => 403,
         }
     }
 
@@ -309,6 +319,7 @@ impl ProxyError {
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout(_) => Flags::UT,
             ProxyError::RetryLimit { last, .. } => last.flags() | Flags::URX,
             ProxyError::FaultAbort { .. } => Flags::FI,
+            ProxyError::SelfOrMetadata { .. } => Flags::NONE,
         }
     }
 
@@ -362,6 +373,7 @@ impl ProxyError {
             ProxyError::PerTryTimeout(_) => "upstream_per_try_timeout".to_string(),
             ProxyError::FaultAbort { .. } => "fault_filter_abort".to_string(),
             ProxyError::RetryLimit { last, .. } if last.reset_reason().is_none() => last.details(),
+            ProxyError::SelfOrMetadata { .. } => "egret.self_or_metadata_refused".to_string(),
             _ => {
                 let reason = self.reset_reason().unwrap_or("connection failure");
                 let mut s = String::from("upstream_reset_before_response_started{");
@@ -394,6 +406,7 @@ impl ProxyError {
             ProxyError::PerTryTimeout(_) => "upstream.per_try_timeout",
             ProxyError::RetryLimit { last, .. } => last.code(),
             ProxyError::FaultAbort { .. } => "fault.abort",
+            ProxyError::SelfOrMetadata { .. } => "policy.self_or_metadata_refused",
         }
     }
 
@@ -450,6 +463,17 @@ impl ProxyError {
                 let _ = write!(
                     b,
                     "\negret: gave up after {attempts} attempts (the route's retries; attempts: 0 turns them off)"
+                );
+            }
+            ProxyError::SelfOrMetadata {
+                host,
+                port,
+                addr,
+                what,
+            } => {
+                let _ = write!(
+                    b,
+                    "egret: refused {host}:{port} ({addr}): it is {what}, and the outbound traffic policy ALLOW_ANY passes undeclared hosts through to anything else but these; to allow it, declare the host and port (a ServiceEntry, or a destination)"
                 );
             }
             _ => {

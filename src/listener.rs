@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::http::limit::{Admission, ConnLimit};
 use crate::http::server::{self, HEADER_READ_TIMEOUT, stopped};
 use crate::proxy;
 use crate::runtime::{ConnCtx, Runtime};
@@ -31,9 +32,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// What a listener limits downstream.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest request head (bytes; `431` past it).
+    pub max_head: usize,
+    /// Open connections (`--max-connections`); `None`: unlimited.
+    pub max_connections: Option<usize>,
+}
+
 /// Accepts connections until `shutdown` turns true, then lets open connections finish their
 /// in-flight requests (keep-alive connections are closed after their current response) for up
-/// to `drain`.
+/// to `drain`. At `limits.max_connections` open, a new connection closes the longest-idle
+/// HTTP/1 keep-alive connection, or is closed at once if none is idle
+/// (`envoy_listener_downstream_cx_overflow`).
 pub async fn serve_http(
     listener: TcpListener,
     key: Arc<str>,
@@ -41,10 +53,11 @@ pub async fn serve_http(
     state: Arc<ArcSwap<Runtime>>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
-    max_head: usize,
+    limits: Limits,
 ) {
     let stats = state.load().metrics.listener(&name);
-    let builders = Arc::new(Builders::new(max_head));
+    let builders = Arc::new(Builders::new(limits.max_head));
+    let limit = limits.max_connections.map(|n| ConnLimit::new(&name, n));
     // Open connections of every kind, and the signal that asks them to finish (HTTP connections
     // close after their current response; TCP connections run until they end or the deadline).
     let open = Arc::new(AtomicUsize::new(0));
@@ -58,6 +71,16 @@ pub async fn serve_http(
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let slot = match limit.as_ref().map(ConnLimit::admit) {
+                    None => None,
+                    Some(Admission::Admitted(s) | Admission::MadeRoom(s)) => Some(s),
+                    Some(Admission::Refused) => {
+                        // Envoy closes the socket at once; so does egret (a FIN, nothing read).
+                        stats.downstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
                         continue;
                     }
                 };
@@ -86,6 +109,7 @@ pub async fn serve_http(
                     tokio::spawn(async move {
                         let _active = ActiveGuard(cx_stats);
                         let _open = guard;
+                        let _slot = slot;
                         proxy::tcp::serve(stream, ctx, rt, l4).await;
                     });
                     continue;
@@ -96,6 +120,9 @@ pub async fn serve_http(
                 tokio::spawn(async move {
                     let _active = ActiveGuard(cx_stats);
                     let _open = guard;
+                    // Held until the connection ends, whoever serves it; only egret's HTTP/1
+                    // loop marks it idle between requests.
+                    let slot = slot;
                     match acceptor {
                         None => {
                             if is_h2c(&stream).await {
@@ -105,7 +132,7 @@ pub async fn serve_http(
                             // egret's own HTTP/1 loop; hyper takes over for what it does not do.
                             let mut stop = stop;
                             let handle = |req| proxy::handle(state.load_full(), &ctx, req);
-                            if let Some(rest) = server::serve(stream, handle, &mut stop, builders.max_head).await {
+                            if let Some(rest) = server::serve(stream, handle, &mut stop, builders.max_head, slot.as_ref()).await {
                                 Box::pin(serve_conn(rest.into_io(), Proto::H1, ctx, state, builders, stop)).await;
                             }
                         }

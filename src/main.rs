@@ -78,6 +78,14 @@ struct RunArgs {
     /// larger one is answered 431. Envoy's max_request_headers_kb (default 60; 8 to 8192).
     #[arg(long, value_name = "KIB", default_value_t = 60)]
     max_request_headers_kb: u32,
+    /// Open downstream connections per listener. When a listener has N open and another
+    /// arrives, egret closes its longest-idle HTTP/1 keep-alive connection to make room, or,
+    /// with none idle, closes the new one at once (counted in
+    /// envoy_listener_downstream_cx_overflow), like Envoy's listener max_connections. Default
+    /// (or 0): unlimited, as Envoy and Istio's sidecar; the open-files limit (ulimit -n) bounds
+    /// it then.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_connections: usize,
     /// Readiness server (GET /healthz/ready), or `off`.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:15021")]
     ready: String,
@@ -377,6 +385,7 @@ fn app_options(
         drain,
         drain_grace,
         max_request_head: args.max_request_headers_kb as usize * 1024,
+        max_connections: (args.max_connections > 0).then_some(args.max_connections),
         ops: egret::app::OpsAddrs {
             ready: parse_ops_addr("--ready", &args.ready)?,
             stats: parse_ops_addr("--stats", &args.stats)?,

@@ -130,6 +130,8 @@ pub struct ListenerStats {
     pub downstream_cx_active: AtomicU64,
     pub downstream_rq_total: AtomicU64,
     pub downstream_rq_active: AtomicU64,
+    /// Connections closed at accept because the listener was full (`--max-connections`).
+    pub downstream_cx_overflow: AtomicU64,
 }
 
 /// The labels of `istio_requests_total` that vary.
@@ -618,6 +620,12 @@ const LISTENER_COUNTERS: &[(&str, &str, &str, ListenerField)] = &[
         |s| &s.downstream_cx_active,
     ),
     (
+        "envoy_listener_downstream_cx_overflow",
+        "counter",
+        "listener_address",
+        |s| &s.downstream_cx_overflow,
+    ),
+    (
         "envoy_http_downstream_rq_total",
         "counter",
         "http_conn_manager_prefix",
@@ -745,6 +753,7 @@ mod tests {
         l.downstream_cx_active.store(2, Ordering::Relaxed);
         l.downstream_rq_total.store(14, Ordering::Relaxed);
         l.downstream_rq_active.store(1, Ordering::Relaxed);
+        l.downstream_cx_overflow.store(16, Ordering::Relaxed);
         m.listener("0.0.0.0_3000");
         if let Ok(mut w) = m.workload.write() {
             w.name = "egress".into();

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, Listener};
@@ -29,6 +29,8 @@ pub struct Runtime {
     pub certs: Vec<crate::tls::CertInfo>,
     /// `Listener::key` -> index in `config.listeners` (looked up per request).
     pub listener_index: crate::FastMap<Arc<str>, usize>,
+    /// Where egret itself listens (for the ALLOW_ANY guard).
+    pub own: Arc<OwnAddrs>,
 }
 
 impl Runtime {
@@ -121,4 +123,37 @@ impl Health {
             _ => self.pending.lock().map(|p| p.clone()).unwrap_or_default(),
         }
     }
+}
+
+/// The addresses egret's own sockets are bound to (proxy listeners and operational servers),
+/// shared by every configuration generation and updated when listeners are bound.
+#[derive(Debug, Default)]
+pub struct OwnAddrs(RwLock<Vec<SocketAddr>>);
+
+impl OwnAddrs {
+    pub fn set(&self, addrs: Vec<SocketAddr>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = addrs;
+    }
+
+    /// Whether connecting to `to` would reach one of egret's own sockets: the same port, and
+    /// the bound address itself, the unspecified address (which connects to this host), or,
+    /// for a wildcard bind, any address of this host (one a socket can bind to).
+    pub fn reaches(&self, to: SocketAddr) -> bool {
+        let ip = to.ip().to_canonical();
+        let own = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let mut wildcard = false;
+        for b in own.iter().filter(|b| b.port() == to.port()) {
+            let bound = b.ip().to_canonical();
+            if bound == ip || ip.is_unspecified() {
+                return true;
+            }
+            wildcard |= bound.is_unspecified();
+        }
+        wildcard && is_local_address(ip)
+    }
+}
+
+/// Whether `ip` is an address of this host: the kernel lets a socket bind to it only then.
+fn is_local_address(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::body::Downstream;
+use super::limit::ConnSlot;
 use super::wire::{
     push_date, push_headers, push_hex, recycle_header_map, spare_header_map, write_all_vectored,
 };
@@ -67,12 +68,15 @@ pub struct Handoff {
 /// `handle` answers one request; it is called with each request in turn (the proxy passes a
 /// closure that loads the current runtime and routes). `stop` turning true ends the connection
 /// between requests, after the response in flight. A head that reaches `max_head` bytes
-/// unfinished is handed to hyper, which has the same limit and answers `431`.
+/// unfinished is handed to hyper, which has the same limit and answers `431`. With a `slot`
+/// (the listener has `--max-connections`), the connection is registered as idle while it waits
+/// between requests, and closes if the listener picks it to make room.
 pub async fn serve<H, F, B>(
     mut stream: TcpStream,
     mut handle: H,
     stop: &mut watch::Receiver<bool>,
     max_head: usize,
+    slot: Option<&ConnSlot>,
 ) -> Option<Handoff>
 where
     H: FnMut(Request<Downstream>) -> F,
@@ -91,24 +95,41 @@ where
     loop {
         if buf.is_empty() {
             buf = BytesMut::new();
-            loop {
-                tokio::select! {
-                    biased;
-                    () = stopped(stop) => return None,
-                    r = stream.readable() => {
-                        if r.is_err() {
-                            return None;
-                        }
-                        break;
+            let idle_mark = slot.map(ConnSlot::idle);
+            let evicted = {
+                let evicted = async {
+                    match &idle_mark {
+                        Some(i) => i.evicted().await,
+                        None => std::future::pending().await,
                     }
-                    () = &mut idle => {
-                        let due = idle_since + IDLE_TIMEOUT;
-                        if Instant::now() >= due {
-                            return None;
+                };
+                tokio::pin!(evicted);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = stopped(stop) => return None,
+                        () = &mut evicted => break true,
+                        r = stream.readable() => {
+                            if r.is_err() {
+                                return None;
+                            }
+                            break false;
                         }
-                        idle.as_mut().reset(due);
+                        () = &mut idle => {
+                            let due = idle_since + IDLE_TIMEOUT;
+                            if Instant::now() >= due {
+                                return None;
+                            }
+                            idle.as_mut().reset(due);
+                        }
                     }
                 }
+            };
+            // Chosen to make room (also just as the client sent something: the keep-alive race
+            // every client must handle; nothing of the request was read): close.
+            if evicted || idle_mark.is_some_and(|i| !i.busy()) {
+                let _ = stream.shutdown().await;
+                return None;
             }
         }
         let (req, mut keep_alive) = match read_head(&mut stream, &mut buf, max_head).await {

@@ -126,6 +126,10 @@ async fn forward(
             None,
         ));
     };
+    // ALLOW_ANY never passes through to egret itself or to cloud metadata.
+    if let Err(e) = super::guard::check(rt, pool, &host, port).await {
+        return Err((e, Some(req.headers().clone())));
+    }
     // VirtualService `fault`: Envoy's fault filter runs before the router.
     if let Some(fault) = target.route.and_then(|r| r.fault.as_ref())
         && let Err(e) = inject_fault(fault, pending).await

@@ -5,11 +5,13 @@
 //!   response. Failures become local replies with Envoy's status, flags and details.
 //! - `finish`: how a request ends: exactly one access-log line, written when the response
 //!   completes or, if the client goes away, when the request is dropped.
+//! - `guard`: under ALLOW_ANY, no passthrough to egret's own ports or to cloud metadata.
 //! - `tunnel`: HTTP `CONNECT`; [`tcp`]: TCP and TLS-passthrough listeners; both splice bytes
 //!   with [`pump`], and read SNI with `tls::client_hello`.
 
 mod authority;
 mod finish;
+mod guard;
 pub mod http;
 pub mod pump;
 pub mod tcp;

@@ -66,6 +66,12 @@ pub async fn serve(mut stream: TcpStream, ctx: ConnCtx, rt: Arc<Runtime>, l4: Ar
         L4Routes::Sni { port, .. } => (sni.clone().unwrap_or_default(), *port, false),
         L4Routes::Tcp { .. } => (pool.cluster.host.clone(), pool.cluster.port, true),
     };
+    // ALLOW_ANY never splices to egret itself or to cloud metadata.
+    if let Err(e) = super::guard::check(&rt, &pool, &host, port).await {
+        rec.details = Some(e.details().into());
+        rec.termination_details = Some(underscored(e.body().trim_end()));
+        return finish(&rt, rec, Some(&pool), &host);
+    }
     let _ = stream.set_nodelay(true);
     splice(&rt, stream, &prefix, &pool, &host, port, originate, rec).await;
 }

@@ -57,6 +57,10 @@ pub(super) async fn connect_tunnel(
         ));
     };
     pending.rec_mut().route_name = route_name;
+    // ALLOW_ANY never tunnels to egret itself or to cloud metadata.
+    if let Err(e) = super::guard::check(rt, &pool, &host, port).await {
+        return Err((e, Some(req.headers().clone())));
+    }
     pending.rec_mut().upstream_cluster = Some(pool.cluster_name());
     if let Some(t) = pending.telemetry() {
         t.destination = pool.destination(&host);
