@@ -227,8 +227,14 @@ impl ClusterPool {
         mut req: Request<RequestBody>,
     ) -> (Result<Exchange, SendError>, Option<Request<RequestBody>>) {
         if n > 1 || plan.policy.retries > 0 {
-            req.headers_mut()
-                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(n));
+            // Static values for the usual counts: no allocation per request.
+            let v = match n {
+                1 => HeaderValue::from_static("1"),
+                2 => HeaderValue::from_static("2"),
+                3 => HeaderValue::from_static("3"),
+                n => HeaderValue::from(n),
+            };
+            req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), v);
         }
         let one = self.attempt(&plan.to, addr, plan.host, req);
         let result = match plan.policy.per_try_timeout {
