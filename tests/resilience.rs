@@ -331,6 +331,11 @@ async fn per_try_timeout_moves_on_and_attempts_zero_turns_retries_off() {
         ),
         (504, "UT", "upstream_per_try_timeout")
     );
+    assert_eq!(
+        stuck_line.upstream_host,
+        stuck.addr.to_string(),
+        "the connection the attempt timed out on"
+    );
     let dead_line = LogLine::parse(&lines[2]);
     assert_eq!(dead_line.flags, "UF", "no retry, so no URX");
     assert_eq!(

@@ -1,8 +1,10 @@
 //! One HTTP request to a cluster over as many attempts as the route's retry policy allows
 //! (Envoy's router retry state): which address each attempt goes to (load balancing first,
-//! then addresses not tried yet, never an ejected one unless the cluster panics), the per-try
-//! timeout, the jittered exponential back-off, the retry budget (`maxRetries`), outlier
-//! detection fed with every attempt's outcome, and `x-envoy-attempt-count` on each attempt.
+//! then addresses not tried yet, never an ejected one unless the cluster panics), the jittered
+//! exponential back-off, the retry budget (`maxRetries`), outlier detection fed with every
+//! attempt's outcome, and `x-envoy-attempt-count` on each attempt. The per-try timeout is
+//! applied by `send` once an attempt has its connection, as Envoy starts it when the pool is
+//! ready.
 //!
 //! When nothing fails this costs one header insert: a copy of the request is kept only when
 //! the policy can retry after the request went out (`5xx`, `reset`, status codes...); connect
@@ -121,6 +123,7 @@ impl ClusterPool {
                 host_key,
                 target: (target_host, logical_port),
                 relay: http_body::Body::is_end_stream(req.body()),
+                per_try: policy.per_try_timeout,
             },
             host,
             addrs: &addrs,
@@ -236,20 +239,7 @@ impl ClusterPool {
             };
             req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), v);
         }
-        let one = self.attempt(&plan.to, addr, plan.host, req);
-        let result = match plan.policy.per_try_timeout {
-            None => one.await,
-            Some(t) => match tokio::time::timeout(t, one).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.stats
-                        .rq_per_try_timeout
-                        .fetch_add(1, Ordering::Relaxed);
-                    Err(ProxyError::PerTryTimeout(t).into())
-                }
-            },
-        };
-        match result {
+        match self.attempt(&plan.to, addr, plan.host, req).await {
             Err(SendError {
                 error,
                 conn,

@@ -64,6 +64,9 @@ pub(super) struct Attempt<'a> {
     pub(super) target: (&'a str, u16),
     /// Whether egret's own client takes the request (it has no body).
     pub(super) relay: bool,
+    /// `perTryTimeout`: from the moment the attempt has a connection (as Envoy's, which starts
+    /// it when the pool is ready) to the response head.
+    pub(super) per_try: Option<Duration>,
 }
 
 /// How the pooled connections of one address answered.
@@ -131,7 +134,11 @@ impl ClusterPool {
             conn.requests.fetch_add(1, Ordering::Relaxed);
             let mut sender = match kind {
                 Idle::Relay(raw) if to.relay => {
-                    match self.relay(raw, lease, &conn, &req).await {
+                    let Some(r) = within(to.per_try, self.relay(raw, lease, &conn, &req)).await
+                    else {
+                        return Pooled::Done(Err(self.per_try_timeout(to, &conn)));
+                    };
+                    match r {
                         Ok(x) => {
                             recycle_header_map(req.into_parts().0.headers);
                             return Pooled::Done(Ok(x));
@@ -168,7 +175,10 @@ impl ClusterPool {
                     continue;
                 }
             }
-            match sender.try_send_request(req).await {
+            let Some(r) = within(to.per_try, sender.try_send_request(req)).await else {
+                return Pooled::Done(Err(self.per_try_timeout(to, &conn)));
+            };
+            match r {
                 Ok(response) => {
                     return Pooled::Done(Ok(Exchange {
                         response: response.map(UpstreamBody::Hyper),
@@ -211,7 +221,10 @@ impl ClusterPool {
         if to.relay {
             self.mark_active(to.host_key, addr, 1);
             let lease = Lease::new(self.clone(), to.host_key, addr, conn.clone());
-            return match self.relay(raw, lease, &conn, &req).await {
+            let Some(r) = within(to.per_try, self.relay(raw, lease, &conn, &req)).await else {
+                return Err(self.per_try_timeout(to, &conn));
+            };
+            return match r {
                 Ok(x) => Ok(x),
                 Err(e) => Err(self.exchange_error(&e, e.is_protocol(), &conn, to.target)),
             };
@@ -224,7 +237,10 @@ impl ClusterPool {
         };
         self.mark_active(to.host_key, addr, 1);
         let lease = Lease::new(self.clone(), to.host_key, addr, conn.clone());
-        match sender.try_send_request(req).await {
+        let Some(r) = within(to.per_try, sender.try_send_request(req)).await else {
+            return Err(self.per_try_timeout(to, &conn));
+        };
+        match r {
             Ok(response) => Ok(Exchange {
                 response: response.map(UpstreamBody::Hyper),
                 conn,
@@ -279,6 +295,18 @@ impl ClusterPool {
         Ok(sender)
     }
 
+    /// `perTryTimeout` fired on `conn` (logged as the upstream host, as Envoy does).
+    fn per_try_timeout(&self, to: &Attempt<'_>, conn: &Arc<ConnInfo>) -> SendError {
+        self.stats
+            .rq_per_try_timeout
+            .fetch_add(1, Ordering::Relaxed);
+        SendError {
+            error: ProxyError::PerTryTimeout(to.per_try.unwrap_or_default()),
+            conn: Some(conn.clone()),
+            unsent: None,
+        }
+    }
+
     /// Maps a failure after the connection was established.
     fn exchange_error(
         &self,
@@ -325,6 +353,14 @@ impl ClusterPool {
             conn: Some(conn.clone()),
             unsent: None,
         }
+    }
+}
+
+/// `f`, within `t` when there is one; `None` when `t` ran out first.
+async fn within<F: std::future::Future>(t: Option<Duration>, f: F) -> Option<F::Output> {
+    match t {
+        None => Some(f.await),
+        Some(t) => tokio::time::timeout(t, f).await.ok(),
     }
 }
 
