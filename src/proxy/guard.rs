@@ -60,7 +60,7 @@ pub(super) async fn check(
 }
 
 /// The passthrough cluster (ALLOW_ANY): the request's own host and port.
-fn is_passthrough(pool: &ClusterPool) -> bool {
+pub(super) fn is_passthrough(pool: &ClusterPool) -> bool {
     pool.cluster.host == "-"
 }
 

@@ -127,7 +127,9 @@ async fn forward(
         ));
     };
     // ALLOW_ANY never passes through to egret itself or to cloud metadata.
-    if let Err(e) = super::guard::check(rt, pool, &host, port).await {
+    if super::guard::is_passthrough(pool)
+        && let Err(e) = super::guard::check(rt, pool, &host, port).await
+    {
         return Err((e, Some(req.headers().clone())));
     }
     // VirtualService `fault`: Envoy's fault filter runs before the router.

@@ -167,7 +167,9 @@ impl ClusterPool {
                 };
             };
             let addr = plan.addrs.get(idx);
-            let (result, mut next) = self.one_attempt(plan, addr, attempt, req).await;
+            stamp_attempt(&mut req, attempt, policy);
+            let (result, mut next) =
+                take_unsent(self.attempt(&plan.to, addr, plan.host, req).await);
             _budget = None;
             let retry = self.judge(plan, addr, &result, next.is_some());
             if !retry {
@@ -217,42 +219,6 @@ impl ClusterPool {
             }
             tried.push(idx);
             attempt += 1;
-        }
-    }
-
-    /// Attempt number `n` on `addr`, within the per-try timeout. A request that never went
-    /// out comes back as the second value, for the next attempt.
-    async fn one_attempt(
-        self: &Arc<Self>,
-        plan: &Plan<'_, '_>,
-        addr: std::net::SocketAddr,
-        n: u32,
-        mut req: Request<RequestBody>,
-    ) -> (Result<Exchange, SendError>, Option<Request<RequestBody>>) {
-        if n > 1 || plan.policy.retries > 0 {
-            // Static values for the usual counts: no allocation per request.
-            let v = match n {
-                1 => HeaderValue::from_static("1"),
-                2 => HeaderValue::from_static("2"),
-                3 => HeaderValue::from_static("3"),
-                n => HeaderValue::from(n),
-            };
-            req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), v);
-        }
-        match self.attempt(&plan.to, addr, plan.host, req).await {
-            Err(SendError {
-                error,
-                conn,
-                unsent: Some(r),
-            }) => (
-                Err(SendError {
-                    error,
-                    conn,
-                    unsent: None,
-                }),
-                Some(*r),
-            ),
-            other => (other, None),
         }
     }
 
@@ -331,6 +297,42 @@ impl ClusterPool {
             return Some(i);
         }
         (0..n).map(|k| (from + k) % n).find(|i| usable(*i))
+    }
+}
+
+/// `x-envoy-attempt-count` (Istio sets `include_request_attempt_count` on every virtual host),
+/// from static values for the usual counts: no allocation per request.
+fn stamp_attempt(req: &mut Request<RequestBody>, n: u32, policy: &RetryPolicy) {
+    if n == 1 && policy.retries == 0 {
+        return;
+    }
+    let v = match n {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        n => HeaderValue::from(n),
+    };
+    req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), v);
+}
+
+/// Splits a request that never went out from its failure, for the next attempt.
+fn take_unsent(
+    result: Result<Exchange, SendError>,
+) -> (Result<Exchange, SendError>, Option<Request<RequestBody>>) {
+    match result {
+        Err(SendError {
+            error,
+            conn,
+            unsent: Some(r),
+        }) => (
+            Err(SendError {
+                error,
+                conn,
+                unsent: None,
+            }),
+            Some(*r),
+        ),
+        other => (other, None),
     }
 }
 

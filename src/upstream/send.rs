@@ -56,6 +56,18 @@ impl From<ProxyError> for SendError {
     }
 }
 
+/// `$f.await` within the per-try timeout `$t` when there is one (`None`: it ran out first).
+/// A macro, not a function: without a timeout the future is awaited as is, with no wrapper
+/// future to build and move on the hot path.
+macro_rules! within {
+    ($t:expr, $f:expr) => {
+        match $t {
+            None => Some($f.await),
+            Some(t) => tokio::time::timeout(t, $f).await.ok(),
+        }
+    };
+}
+
 /// What every attempt of one request shares.
 pub(super) struct Attempt<'a> {
     /// The pool key's host ("" for fixed-host clusters).
@@ -134,8 +146,7 @@ impl ClusterPool {
             conn.requests.fetch_add(1, Ordering::Relaxed);
             let mut sender = match kind {
                 Idle::Relay(raw) if to.relay => {
-                    let Some(r) = within(to.per_try, self.relay(raw, lease, &conn, &req)).await
-                    else {
+                    let Some(r) = within!(to.per_try, self.relay(raw, lease, &conn, &req)) else {
                         return Pooled::Done(Err(self.per_try_timeout(to, &conn)));
                     };
                     match r {
@@ -175,7 +186,7 @@ impl ClusterPool {
                     continue;
                 }
             }
-            let Some(r) = within(to.per_try, sender.try_send_request(req)).await else {
+            let Some(r) = within!(to.per_try, sender.try_send_request(req)) else {
                 return Pooled::Done(Err(self.per_try_timeout(to, &conn)));
             };
             match r {
@@ -221,7 +232,7 @@ impl ClusterPool {
         if to.relay {
             self.mark_active(to.host_key, addr, 1);
             let lease = Lease::new(self.clone(), to.host_key, addr, conn.clone());
-            let Some(r) = within(to.per_try, self.relay(raw, lease, &conn, &req)).await else {
+            let Some(r) = within!(to.per_try, self.relay(raw, lease, &conn, &req)) else {
                 return Err(self.per_try_timeout(to, &conn));
             };
             return match r {
@@ -237,7 +248,7 @@ impl ClusterPool {
         };
         self.mark_active(to.host_key, addr, 1);
         let lease = Lease::new(self.clone(), to.host_key, addr, conn.clone());
-        let Some(r) = within(to.per_try, sender.try_send_request(req)).await else {
+        let Some(r) = within!(to.per_try, sender.try_send_request(req)) else {
             return Err(self.per_try_timeout(to, &conn));
         };
         match r {
@@ -353,14 +364,6 @@ impl ClusterPool {
             conn: Some(conn.clone()),
             unsent: None,
         }
-    }
-}
-
-/// `f`, within `t` when there is one; `None` when `t` ran out first.
-async fn within<F: std::future::Future>(t: Option<Duration>, f: F) -> Option<F::Output> {
-    match t {
-        None => Some(f.await),
-        Some(t) => tokio::time::timeout(t, f).await.ok(),
     }
 }
 
