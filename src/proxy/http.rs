@@ -93,7 +93,8 @@ async fn forward(
         Err(e) => return Err((e, Some(req.headers().clone()))),
     };
     if req.method() == Method::CONNECT {
-        return connect_tunnel(rt, listener, req, &authority, pending).await;
+        // Boxed: a tunnel's future would otherwise enlarge every request's.
+        return Box::pin(connect_tunnel(rt, listener, req, &authority, pending)).await;
     }
     let host = normalize_host(authority.host());
     let port = authority.port_u16().unwrap_or(default_port);

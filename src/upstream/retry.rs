@@ -215,7 +215,8 @@ impl ClusterPool {
             if !wait.is_zero() {
                 s.rq_retry_backoff_exponential
                     .fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(wait).await;
+                // Boxed: only a retry pays for the timer's room in the future.
+                Box::pin(tokio::time::sleep(wait)).await;
             }
             tried.push(idx);
             attempt += 1;

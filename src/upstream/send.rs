@@ -109,7 +109,9 @@ impl ClusterPool {
             if let Some(slot) = self.reserve_connection() {
                 break slot;
             }
-            if let Err(error) = self.wait_for_slot(&mut waited).await {
+            // Boxed: the rare paths' futures would otherwise enlarge (and be copied with)
+            // every request's future.
+            if let Err(error) = Box::pin(self.wait_for_slot(&mut waited)).await {
                 return Err(SendError {
                     error,
                     conn: None,
@@ -117,6 +119,17 @@ impl ClusterPool {
                 });
             }
         };
+        Box::pin(self.dial_and_send(to, addr, host, req)).await
+    }
+
+    /// A new connection to `addr` and the exchange on it.
+    async fn dial_and_send(
+        self: &Arc<Self>,
+        to: &Attempt<'_>,
+        addr: SocketAddr,
+        host: &str,
+        req: Request<RequestBody>,
+    ) -> Result<Exchange, SendError> {
         match self.dial(addr, host, true).await {
             Err(DialError::Fatal(e)) => Err(e.into()),
             Err(DialError::Attempt(e)) => Err(SendError {
