@@ -63,7 +63,8 @@ struct RunArgs {
     #[arg(long, value_name = "PATH|-")]
     access_log: Option<String>,
     /// Worker threads (default or 0: the CPUs this process may use, i.e. its cgroup CPU quota
-    /// and affinity mask, not the host's core count; 1 runs everything on one thread).
+    /// and affinity mask, not the host's core count; 1 runs everything on one thread). Without
+    /// it, the MeshConfig's defaultConfig.concurrency applies.
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
     /// How long in-flight requests may take to finish on shutdown (default 45s, or the
@@ -243,8 +244,14 @@ fn main() -> ExitCode {
     };
     // std's count honours the cgroup CPU quota (v1 and v2) and the affinity mask, so a sidecar
     // limited to one CPU on a 64-core node runs one thread, not 64.
-    let (threads, why) = match args.concurrency.filter(|n| *n > 0) {
-        Some(n) => (n, "--concurrency"),
+    // --concurrency, else the MeshConfig's defaultConfig.concurrency; 0 in either is "all".
+    let asked = match (args.concurrency, cfg.concurrency) {
+        (Some(n), _) => Some((n, "--concurrency")),
+        (None, Some(n)) => Some((n, "MeshConfig defaultConfig.concurrency")),
+        (None, None) => None,
+    };
+    let (threads, why) = match asked.filter(|(n, _)| *n > 0) {
+        Some(n) => n,
         None => (
             std::thread::available_parallelism().map_or(2, |n| n.get()),
             "the CPUs this process may use: cgroup quota and affinity",
