@@ -33,7 +33,48 @@ enum Command {
     /// Validate the configuration, load its certificates and print the effective routes;
     /// exits non-zero on any error.
     Check(RunArgs),
+    /// Run with Istio pilot-agent's argument list and pod environment: `egret proxy router
+    /// [FLAGS]` (a gateway) or `egret proxy sidecar [FLAGS]`, so an Istio proxy container runs
+    /// egret by changing only its image.
+    #[command(long_about = PROXY_HELP)]
+    Proxy {
+        /// `router` or `sidecar`, then pilot-agent's flags and egret's own (`egret run --help`).
+        #[arg(
+            value_name = "TYPE [FLAGS]",
+            num_args = 0..,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
+    },
 }
+
+const PROXY_HELP: &str = "\
+Run with Istio pilot-agent's argument list and pod environment, so an Istio proxy container
+(an egress gateway Deployment's `args: [proxy, router, --domain, ...]`) runs egret by changing
+only its image.
+
+`proxy router` is --role gateway, `proxy sidecar` (or no type) --role sidecar. Mapped:
+  --domain NS.svc.DOMAIN       --namespace NS (when POD_NAMESPACE is not set), --cluster-domain
+  --proxyLogLevel LEVEL        --log-level (warning -> warn, critical -> error; component
+                               levels such as ,misc:error are dropped)
+  --concurrency N              --concurrency (the same flag)
+  --statusPort P               --ready 0.0.0.0:P (default 15021)
+  --proxyAdminPort P           --admin 127.0.0.1:P (default 15000)
+  --drainDuration D            --drain-duration D
+  --meshConfig FILE            --mesh-config FILE (default /etc/istio/config/mesh, if present)
+  POD_NAMESPACE                --namespace
+  PROXY_CONFIG (YAML or JSON)  concurrency, drainDuration, statusPort, proxyAdminPort
+  /etc/istio/pod/labels        --gateway-selector (router) and --workload-label, one per label:
+                               a Gateway selects this pod when its selector is a subset
+  POD_NAME, INSTANCE_IP, --serviceCluster, ISTIO_META_ROUTER_MODE: named at start-up only
+Every other pilot-agent flag (--proxyComponentLogLevel, --log_output_level, --trust-domain,
+...) and Istio variable (ISTIO_META_*, JWT_POLICY, CA_ADDR, ...) is accepted and named in one
+start-up line. A flag that is neither Istio's nor egret's is an error.
+
+Manifests (egret has no istiod): --config after the type, else $EGRET_CONFIG (paths separated
+by ':'), else every *.yaml/*.yml/*.json in /etc/egret (e.g. a mounted ConfigMap). egret's own
+flags may follow the type and win over what is derived. Pod paths honour --mount FROM=TO.";
 
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
@@ -175,17 +216,43 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    // `egret proxy ...`: translate, then parse egret's own arguments.
+    let mut agent_notice = None;
+    if let Some(Command::Proxy { args }) = &cli.command {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let t = match egret::cli::translate(args, &vars, &egret_flags()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("egret: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let argv = std::iter::once(std::env::args().next().unwrap_or_else(|| "egret".into()))
+            .chain(t.args);
+        matches = Cli::command().get_matches_from(argv);
+        cli = match Cli::from_arg_matches(&matches) {
+            Ok(c) => c,
+            Err(e) => e.exit(),
+        };
+        agent_notice = Some(t.notice);
+    }
     let (check, args, sub) = match cli.command {
         Some(Command::Run(a)) => (false, a, matches.subcommand_matches("run")),
         Some(Command::Check(a)) => (true, a, matches.subcommand_matches("check")),
+        Some(Command::Proxy { .. }) => unreachable!("translated above"),
         None => (false, cli.run, Some(&matches)),
     };
     let log_level = init_tracing(&args.log_level);
+    if let Some(n) = agent_notice {
+        eprintln!("egret: {n}");
+    }
 
     let placed = match sub.map(|m| placed_params(m, &args)).transpose() {
         Ok(p) => p.unwrap_or_default(),
@@ -279,6 +346,25 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(run(cfg, options, loader, watch_every))
+}
+
+/// `egret run`'s flags, for `egret proxy` (which passes them through after Istio's).
+fn egret_flags() -> Vec<egret::cli::EgretFlag> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let Some(run) = cmd.find_subcommand("run") else {
+        return Vec::new();
+    };
+    run.get_arguments()
+        .filter_map(|a| {
+            Some(egret::cli::EgretFlag {
+                long: a.get_long()?.to_string(),
+                short: a.get_short(),
+                takes_value: a.get_action().takes_values(),
+            })
+        })
+        .collect()
 }
 
 /// Reads and validates the configuration the command line names (at start and on reload).
