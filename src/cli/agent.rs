@@ -569,7 +569,8 @@ pub fn translate(
         }
     }
 
-    if !seen.contains("config") {
+    // `--help` prints `egret run`'s help: no manifests are needed for that.
+    if !seen.contains("config") && !seen.contains("help") {
         if let Some(v) = getenv(CONFIG_ENV) {
             for p in std::env::split_paths(v) {
                 add("config", map(&p).display().to_string());

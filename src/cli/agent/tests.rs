@@ -329,6 +329,13 @@ fn unknown_flags_are_errors_with_a_suggestion_and_manifests_are_required() {
         e.contains("EGRET_CONFIG") && e.contains("/etc/egret"),
         "{e}"
     );
+    let t = translate(
+        &strings(&["router", "--mount", &mount, "-h"]),
+        &[],
+        &flags(),
+    )
+    .expect("help needs no manifests");
+    assert_eq!(t.args.last().map(String::as_str), Some("-h"));
     let e = translate(
         &strings(&[
             "router",
