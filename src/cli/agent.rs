@@ -316,50 +316,84 @@ pub fn translate(
     env: &[(String, String)],
     egret: &[EgretFlag],
 ) -> Result<Translated, String> {
-    let getenv = |k: &str| {
-        env.iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
+    let (role, kind, rest) = proxy_type(args)?;
+    let split = split_flags(rest, kind, egret)?;
+    let mut plan = Plan {
+        split,
+        env,
+        role,
+        kind,
+        out: vec!["run".into()],
+        used: Vec::new(),
+        consumed_env: BTreeSet::new(),
     };
-    let mut rest = args;
-    let (role, kind) = match rest.first().map(String::as_str) {
-        Some("router") => {
-            rest = &rest[1..];
-            ("gateway", "router")
-        }
-        Some("sidecar") => {
-            rest = &rest[1..];
-            ("sidecar", "sidecar")
-        }
-        Some(a) if !a.starts_with('-') => {
-            return Err(format!(
-                "proxy {a}: expected `proxy router` (a gateway) or `proxy sidecar`"
-            ));
-        }
-        // pilot-agent's default proxy type.
-        _ => ("sidecar", "sidecar"),
-    };
+    plan.role();
+    plan.namespace();
+    plan.log_level()?;
+    let pc = plan.proxy_config()?;
+    plan.mesh_config()?;
+    plan.pod_labels()?;
+    plan.manifests()?;
+    let notice = plan.notice(&pc);
+    let mut args = plan.out;
+    args.extend(plan.split.passed);
+    Ok(Translated { args, notice })
+}
 
-    // Split Istio's flags from egret's, keeping egret's in order (--param placement matters).
-    let mut istio: Vec<(String, Option<String>)> = Vec::new();
-    let mut passed: Vec<String> = Vec::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut mounts: Vec<(PathBuf, PathBuf)> = Vec::new();
+/// `router` (a gateway) or `sidecar` (pilot-agent's default), and the flags after it.
+fn proxy_type(args: &[String]) -> Result<(&'static str, &'static str, &[String]), String> {
+    match args.first().map(String::as_str) {
+        Some("router") => Ok(("gateway", "router", &args[1..])),
+        Some("sidecar") => Ok(("sidecar", "sidecar", &args[1..])),
+        Some(a) if !a.starts_with('-') => Err(format!(
+            "proxy {a}: expected `proxy router` (a gateway) or `proxy sidecar`"
+        )),
+        _ => Ok(("sidecar", "sidecar", args)),
+    }
+}
+
+/// The flags after the proxy type, split into Istio's and egret's.
+struct Split {
+    /// pilot-agent's flags with their values, in order.
+    istio: Vec<(String, Option<String>)>,
+    /// egret's flags and their values, as given (their order matters to `--param`).
+    passed: Vec<String>,
+    /// The long names of egret's flags that were given: what is derived never repeats them.
+    seen: BTreeSet<String>,
+    /// `--mount FROM=TO`, for the pod paths.
+    mounts: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Split {
+    /// The last value of pilot-agent's `--name`.
+    fn istio(&self, name: &str) -> Option<String> {
+        self.istio
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+}
+
+fn split_flags(rest: &[String], kind: &str, egret: &[EgretFlag]) -> Result<Split, String> {
+    let mut split = Split {
+        istio: Vec::new(),
+        passed: Vec::new(),
+        seen: BTreeSet::new(),
+        mounts: Vec::new(),
+    };
     let mut i = 0;
     while i < rest.len() {
         let tok = &rest[i];
         i += 1;
-        let (flag, inline): (Option<&EgretFlag>, Option<&str>) = if let Some(long) =
-            tok.strip_prefix("--")
-        {
+        let (f, inline) = if let Some(long) = tok.strip_prefix("--") {
             let (name, inline) = match long.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
                 None => (long, None),
             };
+            // egret's first: `--concurrency` is both, with the same meaning.
             if let Some(f) = egret.iter().find(|f| f.long == name) {
-                (Some(f), inline)
+                (f, inline)
             } else if let Some((_, takes)) = ISTIO_FLAGS.iter().find(|(n, _)| *n == name) {
                 let value = match (inline, takes) {
                     (Some(v), _) => Some(v.to_string()),
@@ -372,7 +406,7 @@ pub fn translate(
                         Some(v.clone())
                     }
                 };
-                istio.push((name.to_string(), value));
+                split.istio.push((name.to_string(), value));
                 continue;
             } else {
                 let names = egret
@@ -392,115 +426,165 @@ pub fn translate(
                 .iter()
                 .find(|f| f.short == Some(c))
                 .ok_or_else(|| format!("proxy {kind}: unknown flag -{c} (see egret run --help)"))?;
-            let inline = Some(&short[c.len_utf8()..]).filter(|s| !s.is_empty());
-            (Some(f), inline)
+            (f, Some(&short[c.len_utf8()..]).filter(|s| !s.is_empty()))
         } else {
             return Err(format!(
                 "proxy {kind}: unexpected argument \"{tok}\" (pilot-agent's and egret's flags only)"
             ));
         };
-        let Some(f) = flag else { continue };
-        passed.push(tok.clone());
+        split.passed.push(tok.clone());
         let mut value = inline.map(str::to_string);
         if f.takes_value && value.is_none() {
             let v = rest
                 .get(i)
                 .ok_or_else(|| format!("--{} needs a value", f.long))?;
             i += 1;
-            passed.push(v.clone());
+            split.passed.push(v.clone());
             value = Some(v.clone());
         }
         if f.long == "mount"
             && let Some((from, to)) = value.as_deref().and_then(|v| v.split_once('='))
         {
-            mounts.push((PathBuf::from(from), PathBuf::from(to)));
+            split.mounts.push((PathBuf::from(from), PathBuf::from(to)));
         }
-        seen.insert(f.long.clone());
+        split.seen.insert(f.long.clone());
     }
-    let flag = |n: &str| {
-        istio
+    Ok(split)
+}
+
+/// The translation in progress: egret's derived flags and what the notice will say.
+struct Plan<'a> {
+    split: Split,
+    env: &'a [(String, String)],
+    role: &'static str,
+    kind: &'static str,
+    /// `run` and the derived flags (egret's own follow them).
+    out: Vec<String>,
+    /// What was made of Istio's arguments, for the notice.
+    used: Vec<String>,
+    /// The Istio variables that were used (not named as ignored).
+    consumed_env: BTreeSet<&'static str>,
+}
+
+impl Plan<'_> {
+    fn getenv(&self, k: &str) -> Option<&str> {
+        self.env
             .iter()
             .rev()
-            .find(|(k, _)| k == n)
-            .and_then(|(_, v)| v.clone())
-    };
-    let map = |p: &Path| map_path(&mounts, p);
-
-    let mut out: Vec<String> = vec!["run".into()];
-    let mut add = |name: &str, value: String| {
-        out.push(format!("--{name}"));
-        out.push(value);
-    };
-    // What the notice says was made of Istio's arguments.
-    let mut used: Vec<String> = Vec::new();
-    let mut ignored_env: Vec<String> = Vec::new();
-    let mut consumed_env: BTreeSet<&str> = BTreeSet::new();
-
-    if !seen.contains("role") {
-        add("role", role.into());
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
-    used.push(format!("role {role}"));
 
-    // --domain is NAMESPACE.svc.CLUSTER_DOMAIN (kubelet expands $(POD_NAMESPACE) in it).
-    let domain = flag("domain").filter(|d| !d.contains("$("));
-    let (domain_ns, cluster_domain) = match domain.as_deref().and_then(|d| d.split_once(".svc.")) {
-        Some((ns, cd)) if !ns.is_empty() && !cd.is_empty() => {
-            (Some(ns.to_string()), Some(cd.to_string()))
+    /// Whether egret's own `--name` was given (then nothing is derived for it).
+    fn given(&self, name: &str) -> bool {
+        self.split.seen.contains(name)
+    }
+
+    fn add(&mut self, name: &str, value: impl Into<String>) {
+        self.out.push(format!("--{name}"));
+        self.out.push(value.into());
+    }
+
+    fn map(&self, p: &Path) -> PathBuf {
+        map_path(&self.split.mounts, p)
+    }
+
+    fn role(&mut self) {
+        if !self.given("role") {
+            self.add("role", self.role);
         }
-        _ => (None, None),
-    };
-    if !seen.contains("namespace") {
-        if let Some(ns) = getenv("POD_NAMESPACE") {
-            add("namespace", ns.into());
-            used.push(format!("namespace {ns} (POD_NAMESPACE)"));
-            consumed_env.insert("POD_NAMESPACE");
-        } else if let Some(ns) = &domain_ns {
-            add("namespace", ns.clone());
-            used.push(format!("namespace {ns} (--domain)"));
-        }
-    }
-    if !seen.contains("cluster-domain")
-        && let Some(cd) = &cluster_domain
-    {
-        add("cluster-domain", cd.clone());
-        used.push(format!("cluster domain {cd} (--domain)"));
+        self.used.push(format!("role {}", self.role));
     }
 
-    if let Some(l) = flag("proxyLogLevel") {
-        let level = log_level(&l)?;
-        if let Some(level) = level
-            && !seen.contains("log-level")
-            && getenv("EGRET_LOG").is_none()
+    /// `POD_NAMESPACE`, and `--domain NAMESPACE.svc.CLUSTER_DOMAIN` (kubelet expands
+    /// `$(POD_NAMESPACE)` in it; unexpanded, it says nothing).
+    fn namespace(&mut self) {
+        let domain = self.split.istio("domain").filter(|d| !d.contains("$("));
+        let (domain_ns, cluster_domain) =
+            match domain.as_deref().and_then(|d| d.split_once(".svc.")) {
+                Some((ns, cd)) if !ns.is_empty() && !cd.is_empty() => {
+                    (Some(ns.to_string()), Some(cd.to_string()))
+                }
+                _ => (None, None),
+            };
+        if !self.given("namespace") {
+            if let Some(ns) = self.getenv("POD_NAMESPACE").map(str::to_string) {
+                self.used.push(format!("namespace {ns} (POD_NAMESPACE)"));
+                self.add("namespace", ns);
+                self.consumed_env.insert("POD_NAMESPACE");
+            } else if let Some(ns) = domain_ns {
+                self.used.push(format!("namespace {ns} (--domain)"));
+                self.add("namespace", ns);
+            }
+        }
+        if !self.given("cluster-domain")
+            && let Some(cd) = cluster_domain
         {
-            add("log-level", level.into());
-            used.push(format!("log level {level} (--proxyLogLevel={l})"));
+            self.used.push(format!("cluster domain {cd} (--domain)"));
+            self.add("cluster-domain", cd);
         }
     }
 
-    let pc = match getenv("PROXY_CONFIG") {
-        Some(text) => {
-            consumed_env.insert("PROXY_CONFIG");
-            parse_proxy_config(text)?
+    fn log_level(&mut self) -> Result<(), String> {
+        let Some(l) = self.split.istio("proxyLogLevel") else {
+            return Ok(());
+        };
+        if let Some(level) = log_level(&l)?
+            && !self.given("log-level")
+            && self.getenv("EGRET_LOG").is_none()
+        {
+            self.add("log-level", level);
+            self.used
+                .push(format!("log level {level} (--proxyLogLevel={l})"));
         }
-        None => ProxyConfigEnv::default(),
-    };
-    if !seen.contains("concurrency")
-        && let Some(n) = pc.concurrency
-    {
-        add("concurrency", n.to_string());
-        used.push(format!("concurrency {n} (PROXY_CONFIG)"));
+        Ok(())
     }
-    if !seen.contains("drain-duration") {
-        if let Some(d) = flag("drainDuration") {
-            used.push(format!("drain duration {d} (--drainDuration)"));
-            add("drain-duration", d);
-        } else if let Some(d) = pc.drain_duration.clone() {
-            used.push(format!("drain duration {d} (PROXY_CONFIG)"));
-            add("drain-duration", d);
+
+    /// `PROXY_CONFIG`, and the flags that say the same (`--drainDuration`, `--statusPort`,
+    /// `--proxyAdminPort`), which win over it.
+    fn proxy_config(&mut self) -> Result<ProxyConfigEnv, String> {
+        let pc = match self.getenv("PROXY_CONFIG") {
+            Some(text) => parse_proxy_config(text)?,
+            None => ProxyConfigEnv::default(),
+        };
+        if self.getenv("PROXY_CONFIG").is_some() {
+            self.consumed_env.insert("PROXY_CONFIG");
         }
+        if !self.given("concurrency")
+            && let Some(n) = pc.concurrency
+        {
+            self.add("concurrency", n.to_string());
+            self.used.push(format!("concurrency {n} (PROXY_CONFIG)"));
+        }
+        if !self.given("drain-duration") {
+            if let Some(d) = self.split.istio("drainDuration") {
+                self.used
+                    .push(format!("drain duration {d} (--drainDuration)"));
+                self.add("drain-duration", d);
+            } else if let Some(d) = pc.drain_duration.clone() {
+                self.used.push(format!("drain duration {d} (PROXY_CONFIG)"));
+                self.add("drain-duration", d);
+            }
+        }
+        if !self.given("ready")
+            && let Some((p, why)) = self.port("statusPort", pc.status_port)?
+        {
+            self.add("ready", format!("0.0.0.0:{p}"));
+            self.used.push(format!("readiness :{p} ({why})"));
+        }
+        if !self.given("admin")
+            && let Some((p, why)) = self.port("proxyAdminPort", pc.admin_port)?
+        {
+            self.add("admin", format!("127.0.0.1:{p}"));
+            self.used.push(format!("admin 127.0.0.1:{p} ({why})"));
+        }
+        Ok(pc)
     }
-    let port_of = |name: &str, from_pc: Option<u16>| -> Result<Option<(u16, String)>, String> {
-        match flag(name) {
+
+    /// pilot-agent's `--name` port, else `PROXY_CONFIG`'s; with where it came from.
+    fn port(&self, name: &str, from_pc: Option<u16>) -> Result<Option<(u16, String)>, String> {
+        match self.split.istio(name) {
             Some(p) => p
                 .trim()
                 .parse::<u16>()
@@ -508,155 +592,160 @@ pub fn translate(
                 .map_err(|_| format!("--{name} \"{p}\": expected a port number")),
             None => Ok(from_pc.map(|p| (p, "PROXY_CONFIG".to_string()))),
         }
-    };
-    if !seen.contains("ready")
-        && let Some((p, why)) = port_of("statusPort", pc.status_port)?
-    {
-        add("ready", format!("0.0.0.0:{p}"));
-        used.push(format!("readiness :{p} ({why})"));
-    }
-    if !seen.contains("admin")
-        && let Some((p, why)) = port_of("proxyAdminPort", pc.admin_port)?
-    {
-        add("admin", format!("127.0.0.1:{p}"));
-        used.push(format!("admin 127.0.0.1:{p} ({why})"));
     }
 
-    if !seen.contains("mesh-config") {
-        let asked = flag("meshConfig");
+    /// `--meshConfig FILE` (which must exist), else `/etc/istio/config/mesh` if it does.
+    fn mesh_config(&mut self) -> Result<(), String> {
+        if self.given("mesh-config") {
+            return Ok(());
+        }
+        let asked = self.split.istio("meshConfig");
         let path = PathBuf::from(asked.as_deref().unwrap_or(MESH_CONFIG));
-        let local = map(&path);
+        let local = self.map(&path);
         if local.is_file() {
-            add("mesh-config", local.display().to_string());
-            used.push(format!("mesh config {}", path.display()));
+            self.add("mesh-config", local.display().to_string());
+            self.used.push(format!("mesh config {}", path.display()));
         } else if asked.is_some() {
+            let read_as = if local != path {
+                format!(" (read as {})", local.display())
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "--meshConfig {}: no such file{}",
-                path.display(),
-                if local != path {
-                    format!(" (read as {})", local.display())
-                } else {
-                    String::new()
-                }
+                "--meshConfig {}: no such file{read_as}",
+                path.display()
             ));
         }
+        Ok(())
     }
 
-    let labels_file = map(Path::new(POD_LABELS));
-    if labels_file.is_file() {
-        let text = std::fs::read_to_string(&labels_file)
-            .map_err(|e| format!("{POD_LABELS} ({}): {e}", labels_file.display()))?;
+    /// The downward-API labels: the Gateway selector of a router, the workload's labels.
+    fn pod_labels(&mut self) -> Result<(), String> {
+        let file = self.map(Path::new(POD_LABELS));
+        if !file.is_file() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("{POD_LABELS} ({}): {e}", file.display()))?;
         let labels = parse_labels(&text).map_err(|e| format!("{POD_LABELS}: {e}"))?;
         let mut took = Vec::new();
-        if role == "gateway" && !seen.contains("gateway-selector") {
-            for (k, v) in &labels {
-                add("gateway-selector", format!("{k}={v}"));
+        for (flag, wanted) in [
+            ("gateway-selector", self.role == "gateway"),
+            ("workload-label", true),
+        ] {
+            if wanted && !self.given(flag) {
+                for (k, v) in &labels {
+                    self.add(flag, format!("{k}={v}"));
+                }
+                took.push(format!("--{flag}"));
             }
-            took.push("--gateway-selector");
-        }
-        if !seen.contains("workload-label") {
-            for (k, v) in &labels {
-                add("workload-label", format!("{k}={v}"));
-            }
-            took.push("--workload-label");
         }
         if !took.is_empty() {
-            used.push(format!(
+            self.used.push(format!(
                 "{} pod labels from {POD_LABELS} as {}",
                 labels.len(),
                 took.join(" and ")
             ));
         }
+        Ok(())
     }
 
-    // `--help` prints `egret run`'s help: no manifests are needed for that.
-    if !seen.contains("config") && !seen.contains("help") {
-        if let Some(v) = getenv(CONFIG_ENV) {
-            for p in std::env::split_paths(v) {
-                add("config", map(&p).display().to_string());
+    /// `--config`, else `EGRET_CONFIG`, else `/etc/egret`; none is an error (`--help` needs
+    /// none).
+    fn manifests(&mut self) -> Result<(), String> {
+        if self.given("config") || self.given("help") {
+            return Ok(());
+        }
+        if let Some(v) = self.getenv(CONFIG_ENV).map(str::to_string) {
+            for p in std::env::split_paths(&v) {
+                let local = self.map(&p);
+                self.add("config", local.display().to_string());
             }
-            used.push(format!("manifests from {CONFIG_ENV}={v}"));
-        } else {
-            let dir = map(Path::new(CONFIG_DIR));
-            if !dir.is_dir() {
-                return Err(format!(
-                    "proxy {kind}: no manifests: egret has no istiod to take them from; give --config PATH, set {CONFIG_ENV}=PATH[:PATH], or mount them (a ConfigMap) at {CONFIG_DIR}"
-                ));
+            self.used.push(format!("manifests from {CONFIG_ENV}={v}"));
+            return Ok(());
+        }
+        let dir = self.map(Path::new(CONFIG_DIR));
+        if !dir.is_dir() {
+            return Err(format!(
+                "proxy {}: no manifests: egret has no istiod to take them from; give --config PATH, set {CONFIG_ENV}=PATH[:PATH], or mount them (a ConfigMap) at {CONFIG_DIR}",
+                self.kind
+            ));
+        }
+        self.add("config", dir.display().to_string());
+        self.used.push(format!("manifests from {CONFIG_DIR}"));
+        Ok(())
+    }
+
+    /// The one start-up line: what was used, what is informational, what was ignored.
+    fn notice(&mut self, pc: &ProxyConfigEnv) -> String {
+        let mut info: Vec<String> = Vec::new();
+        if let Some(name) = self.getenv("POD_NAME") {
+            let ip = self.getenv("INSTANCE_IP");
+            info.push(format!(
+                "pod {name}{}",
+                ip.map(|ip| format!(" ({ip})")).unwrap_or_default()
+            ));
+            self.consumed_env.extend(["POD_NAME", "INSTANCE_IP"]);
+        }
+        if let Some(sc) = self.split.istio("serviceCluster") {
+            info.push(format!("service cluster {sc}"));
+        }
+        if let Some(m) = self.getenv("ISTIO_META_ROUTER_MODE") {
+            info.push(format!(
+                "router mode {m} (egret serves each Gateway server as its tls.mode says)"
+            ));
+            self.consumed_env.insert("ISTIO_META_ROUTER_MODE");
+        }
+        let mut flags: Vec<String> = Vec::new();
+        for (name, value) in &self.split.istio {
+            if MAPPED.contains(&name.as_str()) {
+                continue;
             }
-            add("config", dir.display().to_string());
-            used.push(format!("manifests from {CONFIG_DIR}"));
+            let shown = match value {
+                Some(v) => format!("--{name}={v}"),
+                None => format!("--{name}"),
+            };
+            if !flags.contains(&shown) {
+                flags.push(shown);
+            }
         }
-    }
-
-    // Informational: named in the notice, no effect.
-    let mut info: Vec<String> = Vec::new();
-    if let Some(name) = getenv("POD_NAME") {
-        consumed_env.insert("POD_NAME");
-        let ip = getenv("INSTANCE_IP");
-        if ip.is_some() {
-            consumed_env.insert("INSTANCE_IP");
-        }
-        info.push(format!(
-            "pod {name}{}",
-            ip.map(|ip| format!(" ({ip})")).unwrap_or_default()
-        ));
-    }
-    if let Some(sc) = flag("serviceCluster") {
-        info.push(format!("service cluster {sc}"));
-    }
-    if let Some(m) = getenv("ISTIO_META_ROUTER_MODE") {
-        consumed_env.insert("ISTIO_META_ROUTER_MODE");
-        info.push(format!(
-            "router mode {m} (egret serves each Gateway server as its tls.mode says)"
-        ));
-    }
-
-    let mut ignored_flags: Vec<String> = Vec::new();
-    for (name, value) in &istio {
-        if MAPPED.contains(&name.as_str()) {
-            continue;
-        }
-        let shown = match value {
-            Some(v) => format!("--{name}={v}"),
-            None => format!("--{name}"),
+        let mut env: Vec<&str> = self
+            .env
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| istio_env(n) && !self.consumed_env.contains(n))
+            .collect();
+        env.sort_unstable();
+        env.dedup();
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(" ")
+            }
         };
-        if !ignored_flags.contains(&shown) {
-            ignored_flags.push(shown);
+        let env: Vec<String> = env.into_iter().map(str::to_string).collect();
+        let mut notice = format!(
+            "Istio agent arguments (proxy {}): {}",
+            self.kind,
+            self.used.join(", ")
+        );
+        if !info.is_empty() {
+            notice.push_str(&format!("; {}", info.join(", ")));
         }
-    }
-    for (name, _) in env {
-        if istio_env(name) && !consumed_env.contains(name.as_str()) && !ignored_env.contains(name) {
-            ignored_env.push(name.clone());
-        }
-    }
-    ignored_env.sort();
-
-    out.extend(passed);
-    let none = || "none".to_string();
-    let mut notice = format!("Istio agent arguments (proxy {kind}): {}", used.join(", "));
-    if !info.is_empty() {
-        notice.push_str(&format!("; {}", info.join(", ")));
-    }
-    notice.push_str(&format!(
-        "; ignored flags: {}; ignored env: {}",
-        if ignored_flags.is_empty() {
-            none()
-        } else {
-            ignored_flags.join(" ")
-        },
-        if ignored_env.is_empty() {
-            none()
-        } else {
-            ignored_env.join(" ")
-        },
-    ));
-    if !pc.ignored.is_empty() {
         notice.push_str(&format!(
-            "; ignored PROXY_CONFIG fields: {}",
-            pc.ignored.join(" ")
+            "; ignored flags: {}; ignored env: {}",
+            list(&flags),
+            list(&env)
         ));
+        if !pc.ignored.is_empty() {
+            notice.push_str(&format!(
+                "; ignored PROXY_CONFIG fields: {}",
+                pc.ignored.join(" ")
+            ));
+        }
+        notice
     }
-    Ok(Translated { args: out, notice })
 }
 
 #[cfg(test)]
