@@ -74,7 +74,9 @@ start-up line. A flag that is neither Istio's nor egret's is an error.
 
 Manifests (egret has no istiod): --config after the type, else $EGRET_CONFIG (paths separated
 by ':'), else every *.yaml/*.yml/*.json in /etc/egret (e.g. a mounted ConfigMap). egret's own
-flags may follow the type and win over what is derived. Pod paths honour --mount FROM=TO.";
+flags may follow the type and win over what is derived. Pod paths honour --mount FROM=TO.
+
+`egret check proxy router ...` validates what `egret proxy router ...` would run.";
 
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
@@ -216,7 +218,16 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
-    let mut matches = Cli::command().get_matches();
+    // `egret check proxy ...` checks what `egret proxy ...` would run.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let check_proxy =
+        raw.get(1).is_some_and(|a| a == "check") && raw.get(2).is_some_and(|a| a == "proxy");
+    let mut matches = Cli::command().get_matches_from(
+        raw.iter()
+            .enumerate()
+            .filter(|(i, _)| !(check_proxy && *i == 1))
+            .map(|(_, a)| a.clone()),
+    );
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -234,8 +245,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let argv = std::iter::once(std::env::args().next().unwrap_or_else(|| "egret".into()))
-            .chain(t.args);
+        let mut targs = t.args;
+        if check_proxy {
+            targs[0] = "check".into();
+        }
+        let argv = std::iter::once(raw.first().cloned().unwrap_or_else(|| "egret".into()))
+            .chain(targs.into_iter().map(Into::into));
         matches = Cli::command().get_matches_from(argv);
         cli = match Cli::from_arg_matches(&matches) {
             Ok(c) => c,

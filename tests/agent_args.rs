@@ -316,6 +316,28 @@ async fn the_seed_egress_pod_runs_egret_with_istios_argument_list() {
         "{lines:#?}"
     );
     assert!(egret.terminate().success());
+
+    // `egret check proxy ...` validates the same translation and exits.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egret"))
+        .arg("check")
+        .args(&args)
+        .envs(c.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run egret check");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.ends_with("configuration OK\n"), "{stdout}");
+    assert!(
+        stdout.contains(SIMPLE) && stdout.contains(MUTUAL),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("Istio agent arguments (proxy router): role gateway"),
+        "{stderr}"
+    );
 }
 
 #[test]
