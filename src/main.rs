@@ -80,7 +80,8 @@ flags may follow the type and win over what is derived. Pod paths honour --mount
 
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
-    /// Configuration file or directory (egret YAML or Istio manifests); repeatable.
+    /// Configuration file or directory (egret YAML or Istio manifests); repeatable. Under
+    /// `egret proxy`, without it: $EGRET_CONFIG (paths separated by `:`), else /etc/egret.
     #[arg(short = 'c', long = "config", value_name = "PATH")]
     config: Vec<PathBuf>,
     /// Address of the outbound listener (default 127.0.0.1:15001).
@@ -163,7 +164,9 @@ struct RunArgs {
         help_heading = "Istio manifests"
     )]
     role: String,
-    /// The gateway pod's labels, which Gateway selectors match (repeatable).
+    /// The gateway pod's labels, which Gateway selectors match: a Gateway is served when its
+    /// selector is a subset of them (repeatable). Under `egret proxy router`, without it: the
+    /// labels in /etc/istio/pod/labels.
     #[arg(long, value_name = "KEY=VALUE", help_heading = "Istio manifests")]
     gateway_selector: Vec<String>,
     /// Where gateway listeners bind.
