@@ -33,11 +33,55 @@ enum Command {
     /// Validate the configuration, load its certificates and print the effective routes;
     /// exits non-zero on any error.
     Check(RunArgs),
+    /// Run with Istio pilot-agent's argument list and pod environment: `egret proxy router
+    /// [FLAGS]` (a gateway) or `egret proxy sidecar [FLAGS]`, so an Istio proxy container runs
+    /// egret by changing only its image.
+    #[command(long_about = PROXY_HELP)]
+    Proxy {
+        /// `router` or `sidecar`, then pilot-agent's flags and egret's own (`egret run --help`).
+        #[arg(
+            value_name = "TYPE [FLAGS]",
+            num_args = 0..,
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
+    },
 }
+
+const PROXY_HELP: &str = "\
+Run with Istio pilot-agent's argument list and pod environment, so an Istio proxy container
+(an egress gateway Deployment's `args: [proxy, router, --domain, ...]`) runs egret by changing
+only its image.
+
+`proxy router` is --role gateway, `proxy sidecar` (or no type) --role sidecar. Mapped:
+  --domain NS.svc.DOMAIN       --namespace NS (when POD_NAMESPACE is not set), --cluster-domain
+  --proxyLogLevel LEVEL        --log-level (warning -> warn, critical -> error; component
+                               levels such as ,misc:error are dropped)
+  --concurrency N              --concurrency (the same flag)
+  --statusPort P               --ready 0.0.0.0:P (default 15021)
+  --proxyAdminPort P           --admin 127.0.0.1:P (default 15000)
+  --drainDuration D            --drain-duration D
+  --meshConfig FILE            --mesh-config FILE (default /etc/istio/config/mesh, if present)
+  POD_NAMESPACE                --namespace
+  PROXY_CONFIG (YAML or JSON)  concurrency, drainDuration, statusPort, proxyAdminPort
+  /etc/istio/pod/labels        --gateway-selector (router) and --workload-label, one per label:
+                               a Gateway selects this pod when its selector is a subset
+  POD_NAME, INSTANCE_IP, --serviceCluster, ISTIO_META_ROUTER_MODE: named at start-up only
+Every other pilot-agent flag (--proxyComponentLogLevel, --log_output_level, --trust-domain,
+...) and Istio variable (ISTIO_META_*, JWT_POLICY, CA_ADDR, ...) is accepted and named in one
+start-up line. A flag that is neither Istio's nor egret's is an error.
+
+Manifests (egret has no istiod): --config after the type, else $EGRET_CONFIG (paths separated
+by ':'), else every *.yaml/*.yml/*.json in /etc/egret (e.g. a mounted ConfigMap). egret's own
+flags may follow the type and win over what is derived. Pod paths honour --mount FROM=TO.
+
+`egret check proxy router ...` validates what `egret proxy router ...` would run.";
 
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
-    /// Configuration file or directory (egret YAML or Istio manifests); repeatable.
+    /// Configuration file or directory (egret YAML or Istio manifests); repeatable. Under
+    /// `egret proxy`, without it: $EGRET_CONFIG (paths separated by `:`), else /etc/egret.
     #[arg(short = 'c', long = "config", value_name = "PATH")]
     config: Vec<PathBuf>,
     /// Address of the outbound listener (default 127.0.0.1:15001).
@@ -63,7 +107,8 @@ struct RunArgs {
     #[arg(long, value_name = "PATH|-")]
     access_log: Option<String>,
     /// Worker threads (default or 0: the CPUs this process may use, i.e. its cgroup CPU quota
-    /// and affinity mask, not the host's core count; 1 runs everything on one thread).
+    /// and affinity mask, not the host's core count; 1 runs everything on one thread). Without
+    /// it, the MeshConfig's defaultConfig.concurrency applies.
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
     /// How long in-flight requests may take to finish on shutdown (default 45s, or the
@@ -119,7 +164,9 @@ struct RunArgs {
         help_heading = "Istio manifests"
     )]
     role: String,
-    /// The gateway pod's labels, which Gateway selectors match (repeatable).
+    /// The gateway pod's labels, which Gateway selectors match: a Gateway is served when its
+    /// selector is a subset of them (repeatable). Under `egret proxy router`, without it: the
+    /// labels in /etc/istio/pod/labels.
     #[arg(long, value_name = "KEY=VALUE", help_heading = "Istio manifests")]
     gateway_selector: Vec<String>,
     /// Where gateway listeners bind.
@@ -174,17 +221,56 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
+    // `egret check proxy ...` checks what `egret proxy ...` would run.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let check_proxy =
+        raw.get(1).is_some_and(|a| a == "check") && raw.get(2).is_some_and(|a| a == "proxy");
+    let mut matches = Cli::command().get_matches_from(
+        raw.iter()
+            .enumerate()
+            .filter(|(i, _)| !(check_proxy && *i == 1))
+            .map(|(_, a)| a.clone()),
+    );
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    // `egret proxy ...`: translate, then parse egret's own arguments.
+    let mut agent_notice = None;
+    if let Some(Command::Proxy { args }) = &cli.command {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let t = match egret::cli::translate(args, &vars, &egret_flags()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("egret: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut targs = t.args;
+        if check_proxy {
+            targs[0] = "check".into();
+        }
+        let argv = std::iter::once(raw.first().cloned().unwrap_or_else(|| "egret".into()))
+            .chain(targs.into_iter().map(Into::into));
+        matches = Cli::command().get_matches_from(argv);
+        cli = match Cli::from_arg_matches(&matches) {
+            Ok(c) => c,
+            Err(e) => e.exit(),
+        };
+        agent_notice = Some(t.notice);
+    }
     let (check, args, sub) = match cli.command {
         Some(Command::Run(a)) => (false, a, matches.subcommand_matches("run")),
         Some(Command::Check(a)) => (true, a, matches.subcommand_matches("check")),
+        Some(Command::Proxy { .. }) => unreachable!("translated above"),
         None => (false, cli.run, Some(&matches)),
     };
     let log_level = init_tracing(&args.log_level);
+    if let Some(n) = agent_notice {
+        eprintln!("egret: {n}");
+    }
 
     let placed = match sub.map(|m| placed_params(m, &args)).transpose() {
         Ok(p) => p.unwrap_or_default(),
@@ -243,8 +329,14 @@ fn main() -> ExitCode {
     };
     // std's count honours the cgroup CPU quota (v1 and v2) and the affinity mask, so a sidecar
     // limited to one CPU on a 64-core node runs one thread, not 64.
-    let (threads, why) = match args.concurrency.filter(|n| *n > 0) {
-        Some(n) => (n, "--concurrency"),
+    // --concurrency, else the MeshConfig's defaultConfig.concurrency; 0 in either is "all".
+    let asked = match (args.concurrency, cfg.concurrency) {
+        (Some(n), _) => Some((n, "--concurrency")),
+        (None, Some(n)) => Some((n, "MeshConfig defaultConfig.concurrency")),
+        (None, None) => None,
+    };
+    let (threads, why) = match asked.filter(|(n, _)| *n > 0) {
+        Some(n) => n,
         None => (
             std::thread::available_parallelism().map_or(2, |n| n.get()),
             "the CPUs this process may use: cgroup quota and affinity",
@@ -272,6 +364,25 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(run(cfg, options, loader, watch_every))
+}
+
+/// `egret run`'s flags, for `egret proxy` (which passes them through after Istio's).
+fn egret_flags() -> Vec<egret::cli::EgretFlag> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let Some(run) = cmd.find_subcommand("run") else {
+        return Vec::new();
+    };
+    run.get_arguments()
+        .filter_map(|a| {
+            Some(egret::cli::EgretFlag {
+                long: a.get_long()?.to_string(),
+                short: a.get_short(),
+                takes_value: a.get_action().takes_values(),
+            })
+        })
+        .collect()
 }
 
 /// Reads and validates the configuration the command line names (at start and on reload).

@@ -313,6 +313,7 @@ async fn every_seed_manifest_loads_processed_and_unprocessed() {
     // The ConfigMap's MeshConfig applies (the egress gateway's mesh says ALLOW_ANY).
     assert_eq!(cfg.outbound_policy, egret::config::OutboundPolicy::AllowAny);
     assert_eq!(cfg.drain_duration, Some(std::time::Duration::from_secs(45)));
+    assert_eq!(cfg.concurrency, Some(2), "defaultConfig.concurrency");
 
     // The same as `oc process -o yaml` prints them (kind: List).
     let processed =

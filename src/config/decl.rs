@@ -34,6 +34,8 @@ pub struct Model {
     pub routing: Option<Routing>,
     /// `meshConfig.defaultConfig.drainDuration`, when given.
     pub drain_duration: Option<Duration>,
+    /// `meshConfig.defaultConfig.concurrency`, when given.
+    pub concurrency: Option<usize>,
 }
 
 /// One declared host with its ports (a ServiceEntry host, or a native destination host).

@@ -42,6 +42,8 @@ pub struct Config {
     pub warnings: Vec<Problem>,
     /// `meshConfig.defaultConfig.drainDuration`, when given.
     pub drain_duration: Option<Duration>,
+    /// `meshConfig.defaultConfig.concurrency`, when given (0: the CPUs egret may use).
+    pub concurrency: Option<usize>,
 }
 
 #[derive(Debug)]

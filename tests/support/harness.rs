@@ -282,7 +282,7 @@ impl EgretProcess {
     /// Starts `egret` and returns as soon as its readiness server is announced, before the
     /// configuration is loaded (`addr` is then the readiness address).
     pub fn start_early(args: &[&str]) -> EgretProcess {
-        Self::spawn(args, false)
+        Self::spawn(args, false, &[])
     }
 
     /// Waits (up to 30 s) until egret announces a listener whose name ends with `suffix`.
@@ -306,10 +306,15 @@ impl EgretProcess {
     /// servers go on ephemeral ports (never the fixed defaults) unless `args` set them, and the
     /// drain grace is 0 unless set.
     pub fn start(args: &[&str]) -> EgretProcess {
-        Self::spawn(args, true)
+        Self::spawn(args, true, &[])
     }
 
-    fn spawn(args: &[&str], wait_for_proxy: bool) -> EgretProcess {
+    /// [`EgretProcess::start`] with these environment variables added (a pod's `env`).
+    pub fn start_with_env(args: &[&str], env: &[(String, String)]) -> EgretProcess {
+        Self::spawn(args, true, env)
+    }
+
+    fn spawn(args: &[&str], wait_for_proxy: bool, env: &[(String, String)]) -> EgretProcess {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut all: Vec<&str> = args.to_vec();
@@ -326,6 +331,7 @@ impl EgretProcess {
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
             .args(&all)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

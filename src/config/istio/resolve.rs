@@ -172,7 +172,12 @@ fn apply_mesh(mesh: MeshConfigSpec, origin: &Origin, model: &mut Model, problems
             model.access_log = Some((log, origin.clone()));
         }
     }
-    if let Some(d) = mesh.default_config.and_then(|c| c.drain_duration) {
-        model.drain_duration = Some(d.0);
+    if let Some(c) = mesh.default_config {
+        if let Some(d) = c.drain_duration {
+            model.drain_duration = Some(d.0);
+        }
+        if let Some(n) = c.concurrency {
+            model.concurrency = Some(n as usize);
+        }
     }
 }

@@ -468,4 +468,7 @@ pub enum MeshEncodingSpec {
 pub struct MeshProxyConfig {
     #[serde(default)]
     pub drain_duration: Option<Dur>,
+    /// Worker threads (Istio: Envoy's `--concurrency`; 0 is every CPU).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }

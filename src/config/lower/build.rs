@@ -38,6 +38,7 @@ pub(crate) fn build(mut model: Model, overrides: &Overrides, problems: &mut Prob
         upstream_overrides: overrides.upstream.clone(),
         warnings: Vec::new(),
         drain_duration: model.drain_duration,
+        concurrency: model.concurrency,
     }
 }
 
