@@ -98,28 +98,60 @@ fn unknown_path(orig: &Value, round: &Value, path: &str) -> Option<String> {
 
 /// Deserializes `doc` as `T` (which checks apiVersion and kind, required fields and types) and
 /// checks that nothing was dropped. Returns the typed object.
-fn typed<T>(doc: &Value, file: &str) -> T
+fn try_typed<T>(doc: &Value) -> Result<T, String>
 where
     T: k8s_openapi::Resource + serde::de::DeserializeOwned + serde::Serialize,
 {
-    let t: T = serde_path_to_error::deserialize(doc.clone()).unwrap_or_else(|e| {
-        panic!(
-            "{file}: not a valid {} {}: {} at {}",
+    let t: T = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
+        format!(
+            "not a valid {} {}: {} at {}",
             T::API_VERSION,
             T::KIND,
             e.inner(),
             e.path()
         )
-    });
-    let round = serde_json::to_value(&t).expect("serialize");
-    if let Some(p) = unknown_path(doc, &round, "") {
-        panic!(
-            "{file}: {} {} has no field {p} (unknown to the Kubernetes schema; a typo?)",
+    })?;
+    let round = serde_json::to_value(&t).map_err(|e| e.to_string())?;
+    match unknown_path(doc, &round, "") {
+        Some(p) => Err(format!(
+            "{} {} has no field {p} (unknown to the Kubernetes schema; a typo?)",
             T::API_VERSION,
             T::KIND
-        );
+        )),
+        None => Ok(t),
     }
-    t
+}
+
+fn typed<T>(doc: &Value, file: &str) -> T
+where
+    T: k8s_openapi::Resource + serde::de::DeserializeOwned + serde::Serialize,
+{
+    try_typed(doc).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+#[test]
+fn the_schema_check_catches_typos_and_wrong_types() {
+    let doc = |y: &str| -> Value { serde_saphyr::from_str(y).expect("yaml") };
+    let base = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers:\n        - name: c\n          image: egret:0.1.0\n";
+    assert!(try_typed::<Deployment>(&doc(base)).is_ok());
+    let typo = format!("{base}          readinesProbe: {{tcpSocket: {{port: 15021}}}}\n");
+    let err = try_typed::<Deployment>(&doc(&typo))
+        .map(|_| ())
+        .expect_err("a typo");
+    assert!(
+        err.contains(".spec.template.spec.containers[0].readinesProbe"),
+        "{err}"
+    );
+    let wrong = format!("{base}          ports: [{{containerPort: http}}]\n");
+    let err = try_typed::<Deployment>(&doc(&wrong))
+        .map(|_| ())
+        .expect_err("a wrong type");
+    assert!(err.contains("containerPort"), "{err}");
+    let kind = base.replace("kind: Deployment", "kind: Deploymnet");
+    assert!(
+        try_typed::<Deployment>(&doc(&kind)).is_err(),
+        "a wrong kind"
+    );
 }
 
 /// One manifest, typed.
@@ -757,12 +789,12 @@ fn every_egret_argument_list_passes_egret_check() {
 }
 
 fn make_writable(p: &Path) {
-    if let Ok(m) = std::fs::symlink_metadata(p) {
-        if m.is_dir() {
-            set_mode(p, 0o755);
-            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                make_writable(&e.path());
-            }
+    if let Ok(m) = std::fs::symlink_metadata(p)
+        && m.is_dir()
+    {
+        set_mode(p, 0o755);
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            make_writable(&e.path());
         }
     }
 }
