@@ -1288,3 +1288,37 @@ async fn egress_gateway_pod_life() {
     drop(pod);
     make_writable(tmp.path());
 }
+
+/// deploy/grafana-dashboard.json is valid JSON and reads only metric names egret exports (the
+/// golden exposition in tests/golden/metrics.prom lists every family).
+#[test]
+fn the_grafana_dashboard_reads_metrics_egret_exports() {
+    let path = deploy_dir().join("grafana-dashboard.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
+        .expect("the dashboard is JSON");
+    let golden = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/metrics.prom"),
+    )
+    .expect("golden exposition");
+    let re = regex::Regex::new(r"\b((?:istio|envoy|egret)_[a-z0-9_]+)\{").expect("regex");
+    let mut names = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for c in re.captures_iter(expr) {
+                names.push((
+                    p["title"].as_str().unwrap_or("").to_string(),
+                    c[1].to_string(),
+                ));
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for (panel, n) in &names {
+        let family = n.strip_suffix("_bucket").unwrap_or(n);
+        assert!(
+            golden.contains(&format!("# TYPE {family} ")),
+            "panel {panel:?} reads {n}, which egret does not export"
+        );
+    }
+}
