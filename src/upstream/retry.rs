@@ -130,7 +130,31 @@ impl ClusterPool {
             policy,
             replay,
         };
-        self.run(&plan, req).await
+        // The first attempt, here: when it succeeds and nothing asks for another, this is all
+        // the retry policy costs a request.
+        let start = self.pick(host_key, &addrs);
+        let Some(idx) = self.choose(&addrs, start, &[], policy.other_hosts) else {
+            return fail(self.all_ejected(plan.to.target));
+        };
+        let addr = addrs.get(idx);
+        stamp_attempt(&mut req, 1, policy);
+        let first = self.attempt(&plan.to, addr, host, req).await;
+        let unsent = matches!(
+            &first,
+            Err(SendError {
+                unsent: Some(_),
+                ..
+            })
+        );
+        if !self.judge(&plan, addr, &first, unsent) {
+            return Sent {
+                result: first,
+                attempts: 1,
+                flags: Flags::NONE,
+            };
+        }
+        // Boxed: only a request that is retried pays for the retry loop's future.
+        Box::pin(self.retry(&plan, start, idx, first)).await
     }
 
     /// `http2MaxRequests`: no request beyond it is in flight (Envoy counts the overflow as
@@ -150,38 +174,23 @@ impl ClusterPool {
         })
     }
 
-    /// The attempts, until one is not to be retried or the policy runs out.
-    async fn run(self: &Arc<Self>, plan: &Plan<'_, '_>, mut req: Request<RequestBody>) -> Sent {
+    /// The attempts after the first, which wanted another: until one is not to be retried or
+    /// the policy runs out.
+    async fn retry(
+        self: &Arc<Self>,
+        plan: &Plan<'_, '_>,
+        start: usize,
+        first_idx: usize,
+        first: Result<Exchange, SendError>,
+    ) -> Sent {
         let (s, policy) = (&self.stats, plan.policy);
-        let start = self.pick(plan.to.host_key, plan.addrs);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried: Vec<usize> = vec![first_idx];
         let mut flags = Flags::NONE;
         let mut attempt: u32 = 1;
         let mut _budget: Option<RetryGuard<'_>> = None;
+        let (mut result, mut next) = take_unsent(first);
         loop {
-            let Some(idx) = self.choose(plan.addrs, start, &tried, policy.other_hosts) else {
-                return Sent {
-                    result: Err(self.all_ejected(plan.to.target).into()),
-                    attempts: attempt - 1,
-                    flags,
-                };
-            };
-            let addr = plan.addrs.get(idx);
-            stamp_attempt(&mut req, attempt, policy);
-            let (result, mut next) =
-                take_unsent(self.attempt(&plan.to, addr, plan.host, req).await);
-            _budget = None;
-            let retry = self.judge(plan, addr, &result, next.is_some());
-            if !retry {
-                if attempt > 1 && result.is_ok() {
-                    s.rq_retry_success.fetch_add(1, Ordering::Relaxed);
-                }
-                return Sent {
-                    result,
-                    attempts: attempt,
-                    flags,
-                };
-            }
+            // `result`, of attempt number `attempt`, wants another attempt.
             if attempt > policy.retries {
                 s.rq_retry_limit_exceeded.fetch_add(1, Ordering::Relaxed);
                 return Sent {
@@ -194,7 +203,7 @@ impl ClusterPool {
             let again = next
                 .take()
                 .or_else(|| plan.replay.as_ref().map(Replay::request));
-            let Some(again) =
+            let Some(mut req) =
                 again.filter(|_| s.rq_retry_active.load(Ordering::Relaxed) < u64::from(max))
             else {
                 s.rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +216,6 @@ impl ClusterPool {
             };
             // A response (or a failure after sending) is dropped: its connection closes.
             drop(result);
-            req = again;
             s.rq_retry.fetch_add(1, Ordering::Relaxed);
             s.rq_retry_active.fetch_add(1, Ordering::Relaxed);
             _budget = Some(RetryGuard(&s.rq_retry_active));
@@ -215,11 +223,31 @@ impl ClusterPool {
             if !wait.is_zero() {
                 s.rq_retry_backoff_exponential
                     .fetch_add(1, Ordering::Relaxed);
-                // Boxed: only a retry pays for the timer's room in the future.
-                Box::pin(tokio::time::sleep(wait)).await;
+                tokio::time::sleep(wait).await;
             }
-            tried.push(idx);
             attempt += 1;
+            let Some(idx) = self.choose(plan.addrs, start, &tried, policy.other_hosts) else {
+                return Sent {
+                    result: Err(self.all_ejected(plan.to.target).into()),
+                    attempts: attempt - 1,
+                    flags,
+                };
+            };
+            let addr = plan.addrs.get(idx);
+            stamp_attempt(&mut req, attempt, policy);
+            (result, next) = take_unsent(self.attempt(&plan.to, addr, plan.host, req).await);
+            _budget = None;
+            tried.push(idx);
+            if !self.judge(plan, addr, &result, next.is_some()) {
+                if result.is_ok() {
+                    s.rq_retry_success.fetch_add(1, Ordering::Relaxed);
+                }
+                return Sent {
+                    result,
+                    attempts: attempt,
+                    flags,
+                };
+            }
         }
     }
 
