@@ -173,9 +173,10 @@ impl RawConn {
         method: &Method,
         path: &str,
         headers: &HeaderMap,
+        extra: &[u8],
     ) -> Result<(ResponseHead, RelayBody), ExchangeError> {
-        let mut out = Vec::with_capacity(128 + headers.len() * 48);
-        encode_request(&mut out, method, path, headers);
+        let mut out = Vec::with_capacity(128 + extra.len() + headers.len() * 48);
+        encode_request(&mut out, method, path, headers, extra);
         let io_err = |error, response_started| ExchangeError::Io {
             error,
             response_started,
@@ -233,7 +234,14 @@ impl RawConn {
 
 /// `METHOD path HTTP/1.1`, the headers, and `content-length: 0` for methods that normally carry
 /// a body (as hyper's client does, so origins that insist on a length get one).
-fn encode_request(out: &mut Vec<u8>, method: &Method, path: &str, headers: &HeaderMap) {
+/// `extra`: header lines (each ending in CRLF) written after `headers`.
+fn encode_request(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    extra: &[u8],
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(if path.is_empty() {
@@ -243,6 +251,7 @@ fn encode_request(out: &mut Vec<u8>, method: &Method, path: &str, headers: &Head
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     push_headers(out, headers, None);
+    out.extend_from_slice(extra);
     let bodyless_method = matches!(
         *method,
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use crate::config::DEFAULT_MAX_RETRIES;
@@ -26,8 +25,6 @@ use super::endpoints::{Addrs, random_unit};
 use super::outlier::Outcome;
 use super::pool::{ClusterPool, UpstreamCtx};
 use super::send::{Attempt, Exchange, SendError, Sent};
-
-static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
 /// The largest request body kept for another attempt (Envoy's default
 /// `per_request_buffer_limit_bytes` is 1 MiB; 64 KiB is enough for API calls and bounds memory).
@@ -124,6 +121,8 @@ impl ClusterPool {
                 target: (target_host, logical_port),
                 relay: http_body::Body::is_end_stream(req.body()),
                 per_try: policy.per_try_timeout,
+                stamp: policy.retries > 0,
+                number: std::sync::atomic::AtomicU32::new(1),
             },
             host,
             addrs: &addrs,
@@ -137,7 +136,6 @@ impl ClusterPool {
             return fail(self.all_ejected(plan.to.target));
         };
         let addr = addrs.get(idx);
-        stamp_attempt(&mut req, 1, policy);
         let first = self.attempt(&plan.to, addr, host, req).await;
         let unsent = matches!(
             &first,
@@ -203,7 +201,7 @@ impl ClusterPool {
             let again = next
                 .take()
                 .or_else(|| plan.replay.as_ref().map(Replay::request));
-            let Some(mut req) =
+            let Some(req) =
                 again.filter(|_| s.rq_retry_active.load(Ordering::Relaxed) < u64::from(max))
             else {
                 s.rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
@@ -234,7 +232,7 @@ impl ClusterPool {
                 };
             };
             let addr = plan.addrs.get(idx);
-            stamp_attempt(&mut req, attempt, policy);
+            plan.to.number.store(attempt, Ordering::Relaxed);
             (result, next) = take_unsent(self.attempt(&plan.to, addr, plan.host, req).await);
             _budget = None;
             tried.push(idx);
@@ -327,21 +325,6 @@ impl ClusterPool {
         }
         (0..n).map(|k| (from + k) % n).find(|i| usable(*i))
     }
-}
-
-/// `x-envoy-attempt-count` (Istio sets `include_request_attempt_count` on every virtual host),
-/// from static values for the usual counts: no allocation per request.
-fn stamp_attempt(req: &mut Request<RequestBody>, n: u32, policy: &RetryPolicy) {
-    if n == 1 && policy.retries == 0 {
-        return;
-    }
-    let v = match n {
-        1 => HeaderValue::from_static("1"),
-        2 => HeaderValue::from_static("2"),
-        3 => HeaderValue::from_static("3"),
-        n => HeaderValue::from(n),
-    };
-    req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT.clone(), v);
 }
 
 /// Splits a request that never went out from its failure, for the next attempt.

@@ -79,6 +79,38 @@ pub(super) struct Attempt<'a> {
     /// `perTryTimeout`: from the moment the attempt has a connection (as Envoy's, which starts
     /// it when the pool is ready) to the response head.
     pub(super) per_try: Option<Duration>,
+    /// `x-envoy-attempt-count` goes on the request (the route has retries), and the number
+    /// of the attempt under way, set by the retry loop before each one.
+    pub(super) stamp: bool,
+    pub(super) number: std::sync::atomic::AtomicU32,
+}
+
+static X_ENVOY_ATTEMPT_COUNT: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-attempt-count");
+
+impl Attempt<'_> {
+    /// `x-envoy-attempt-count` as a header line for egret's own client: written straight into
+    /// the request head, with no header-map insert (static for the usual counts).
+    fn attempt_line(&self) -> std::borrow::Cow<'static, [u8]> {
+        if !self.stamp {
+            return std::borrow::Cow::Borrowed(b"");
+        }
+        match self.number.load(Ordering::Relaxed) {
+            1 => std::borrow::Cow::Borrowed(b"x-envoy-attempt-count: 1\r\n"),
+            2 => std::borrow::Cow::Borrowed(b"x-envoy-attempt-count: 2\r\n"),
+            3 => std::borrow::Cow::Borrowed(b"x-envoy-attempt-count: 3\r\n"),
+            n => std::borrow::Cow::Owned(format!("x-envoy-attempt-count: {n}\r\n").into_bytes()),
+        }
+    }
+
+    /// The same header in the request's map, for hyper's client (requests with a body).
+    fn stamp_map(&self, req: &mut Request<RequestBody>) {
+        if self.stamp {
+            let n = self.number.load(Ordering::Relaxed);
+            req.headers_mut()
+                .insert(X_ENVOY_ATTEMPT_COUNT.clone(), http::HeaderValue::from(n));
+        }
+    }
 }
 
 /// How the pooled connections of one address answered.
@@ -159,7 +191,10 @@ impl ClusterPool {
             conn.requests.fetch_add(1, Ordering::Relaxed);
             let mut sender = match kind {
                 Idle::Relay(raw) if to.relay => {
-                    let Some(r) = within!(to.per_try, self.relay(raw, lease, &conn, &req)) else {
+                    let Some(r) = within!(
+                        to.per_try,
+                        self.relay(raw, lease, &conn, &req, &to.attempt_line())
+                    ) else {
                         return Pooled::Done(Err(self.per_try_timeout(to, &conn)));
                     };
                     match r {
@@ -199,6 +234,7 @@ impl ClusterPool {
                     continue;
                 }
             }
+            to.stamp_map(&mut req);
             let Some(r) = within!(to.per_try, sender.try_send_request(req)) else {
                 return Pooled::Done(Err(self.per_try_timeout(to, &conn)));
             };
@@ -238,14 +274,17 @@ impl ClusterPool {
         addr: SocketAddr,
         io: UpstreamIo,
         transport: Transport,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
     ) -> Result<Exchange, SendError> {
         let conn = new_conn(transport);
         let raw = RawConn::new(io, ActiveGuard::new(&self.stats));
         if to.relay {
             self.mark_active(to.host_key, addr, 1);
             let lease = Lease::new(self.clone(), to.host_key, addr, conn.clone());
-            let Some(r) = within!(to.per_try, self.relay(raw, lease, &conn, &req)) else {
+            let Some(r) = within!(
+                to.per_try,
+                self.relay(raw, lease, &conn, &req, &to.attempt_line())
+            ) else {
                 return Err(self.per_try_timeout(to, &conn));
             };
             return match r {
@@ -261,6 +300,7 @@ impl ClusterPool {
         };
         self.mark_active(to.host_key, addr, 1);
         let lease = Lease::new(self.clone(), to.host_key, addr, conn.clone());
+        to.stamp_map(&mut req);
         let Some(r) = within!(to.per_try, sender.try_send_request(req)) else {
             return Err(self.per_try_timeout(to, &conn));
         };
@@ -285,9 +325,10 @@ impl ClusterPool {
         lease: Lease,
         conn: &Arc<ConnInfo>,
         req: &Request<RequestBody>,
+        extra: &[u8],
     ) -> Result<Exchange, ExchangeError> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let (head, body) = raw.send(req.method(), path, req.headers()).await?;
+        let (head, body) = raw.send(req.method(), path, req.headers(), extra).await?;
         let mut response = http::Response::new(UpstreamBody::Relay(body));
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;

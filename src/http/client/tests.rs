@@ -144,12 +144,19 @@ fn request_head_adds_a_length_where_hyper_would() {
     let mut h = HeaderMap::new();
     h.insert(header::HOST, HeaderValue::from_static("a.test"));
     let mut out = Vec::new();
-    encode_request(&mut out, &Method::GET, "/x?y", &h);
+    encode_request(&mut out, &Method::GET, "/x?y", &h, b"");
     assert_eq!(out, b"GET /x?y HTTP/1.1\r\nhost: a.test\r\n\r\n");
     out.clear();
-    encode_request(&mut out, &Method::POST, "", &h);
+    encode_request(&mut out, &Method::POST, "", &h, b"");
     assert_eq!(
         out,
         b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\n\r\n"
+    );
+    out.clear();
+    encode_request(&mut out, &Method::GET, "/", &h, b"x-envoy-attempt-count: 2\r\n");
+    assert_eq!(
+        out,
+        b"GET / HTTP/1.1\r\nhost: a.test\r\nx-envoy-attempt-count: 2\r\n\r\n",
+        "the extra lines follow the map's"
     );
 }
