@@ -153,10 +153,15 @@ fn request_head_adds_a_length_where_hyper_would() {
         b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\n\r\n"
     );
     out.clear();
-    encode_request(&mut out, &Method::GET, "/", &h, b"x-envoy-attempt-count: 2\r\n");
+    encode_request(
+        &mut out,
+        &Method::GET,
+        "/",
+        &h,
+        b"x-envoy-attempt-count: 2\r\n",
+    );
     assert_eq!(
-        out,
-        b"GET / HTTP/1.1\r\nhost: a.test\r\nx-envoy-attempt-count: 2\r\n\r\n",
+        out, b"GET / HTTP/1.1\r\nhost: a.test\r\nx-envoy-attempt-count: 2\r\n\r\n",
         "the extra lines follow the map's"
     );
 }
