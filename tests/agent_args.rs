@@ -175,19 +175,7 @@ async fn the_seed_egress_pod_runs_egret_with_istios_argument_list() {
         std::fs::copy(seeds().join("processed").join(f), manifests.join(f)).expect("copy");
     }
 
-    let simple = start_tls(UpstreamOptions::from_leaf(
-        &pki.server_leaf(&[SIMPLE]),
-        "simple",
-    ))
-    .await;
-    let mutual_leaf = pki.server_leaf(&[MUTUAL]);
-    let mutual = start_tls(UpstreamOptions {
-        chain: mutual_leaf.chain_der.clone(),
-        key: mutual_leaf.key_der.clone_key(),
-        client_ca: Some(pki.root_der()),
-        name: "mutual".into(),
-    })
-    .await;
+    let (simple, mutual) = start_simple_and_mutual(&pki, SIMPLE, MUTUAL).await;
 
     // The seed's args, then egret's test overrides (the harness adds ephemeral --ready,
     // --stats and --admin).

@@ -1004,19 +1004,7 @@ async fn egress_gateway_pod_life() {
     // The external hosts: a TLS origin for SIMPLE, one that requires the client certificate for
     // MUTUAL, and a TLS echo server with client authentication for the Kafka TCP port.
     let pki = Pki::new("deploy-pod");
-    let simple = start_tls(UpstreamOptions::from_leaf(
-        &pki.server_leaf(&[SIMPLE]),
-        "simple",
-    ))
-    .await;
-    let mutual_leaf = pki.server_leaf(&[MUTUAL]);
-    let mutual = start_tls(UpstreamOptions {
-        chain: mutual_leaf.chain_der.clone(),
-        key: mutual_leaf.key_der.clone_key(),
-        client_ca: Some(pki.root_der()),
-        name: "mutual".into(),
-    })
-    .await;
+    let (simple, mutual) = start_simple_and_mutual(&pki, SIMPLE, MUTUAL).await;
     let kafka = start_echo_tls(&pki.server_leaf(&[KAFKA])).await;
 
     // The pod's filesystem, world-traversable so uid 1337 can reach it.

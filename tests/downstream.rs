@@ -81,18 +81,12 @@ fn counter(text: &str, name: &str) -> u64 {
 #[test]
 fn max_connections_closes_the_oldest_idle_connection_and_refuses_when_all_are_busy() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let origin = rt.block_on(start_plain("limited"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("egret.yaml");
-    std::fs::write(&cfg, static_app_yaml(origin.addr.port())).expect("write config");
-    let egret = EgretProcess::start(&[
-        "--config",
-        &cfg.display().to_string(),
-        "--max-connections",
-        "2",
-        "--access-log",
-        "-",
-    ]);
+    let app = start_static_app(
+        &rt,
+        "limited",
+        &["--max-connections", "2", "--access-log", "-"],
+    );
+    let StaticApp { origin, egret, .. } = app;
     let addr = egret.addr;
     let stats = egret.listener("stats");
 
@@ -169,18 +163,12 @@ fn max_connections_closes_the_oldest_idle_connection_and_refuses_when_all_are_bu
 #[test]
 fn max_connections_refuses_a_storm_with_one_log_line() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let origin = rt.block_on(start_plain("storm"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("egret.yaml");
-    std::fs::write(&cfg, static_app_yaml(origin.addr.port())).expect("write config");
-    let egret = EgretProcess::start(&[
-        "--config",
-        &cfg.display().to_string(),
-        "--max-connections",
-        "1",
-        "--access-log",
-        "-",
-    ]);
+    let app = start_static_app(
+        &rt,
+        "storm",
+        &["--max-connections", "1", "--access-log", "-"],
+    );
+    let StaticApp { origin, egret, .. } = app;
     let addr = egret.addr;
     rt.block_on(async {
         // One connection, busy: every other is refused.
@@ -390,18 +378,12 @@ async fn a_declared_metadata_address_is_routed() {
 #[test]
 fn allow_any_refuses_the_admin_port_through_the_binary_forward_proxy_and_connect() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let origin = rt.block_on(start_plain("app"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("egret.yaml");
-    std::fs::write(&cfg, static_app_yaml(origin.addr.port())).expect("write config");
-    let egret = EgretProcess::start(&[
-        "--config",
-        &cfg.display().to_string(),
-        "--outbound-policy",
-        "ALLOW_ANY",
-        "--access-log",
-        "-",
-    ]);
+    let app = start_static_app(
+        &rt,
+        "app",
+        &["--outbound-policy", "ALLOW_ANY", "--access-log", "-"],
+    );
+    let StaticApp { egret, .. } = app;
     let proxy = format!("http://{}", egret.addr);
     let admin = egret.listener("admin");
     let stats = egret.listener("stats");

@@ -34,18 +34,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[test]
 fn a_rapid_reset_flood_is_bounded_and_other_clients_are_served() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let origin = rt.block_on(start_plain("reset"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("egret.yaml");
-    std::fs::write(&cfg, static_app_yaml(origin.addr.port())).expect("write config");
-    let egret = EgretProcess::start(&[
-        "--config",
-        &cfg.display().to_string(),
-        "--access-log",
-        "off",
-        "--concurrency",
-        "1",
-    ]);
+    let app = start_static_app(&rt, "reset", &["--access-log", "off", "--concurrency", "1"]);
+    let StaticApp { origin, egret, .. } = app;
     let url = format!("http://{}/", egret.addr);
     let served = |what: &str| {
         let (code, out, err) = curl(&[

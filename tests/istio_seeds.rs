@@ -51,19 +51,7 @@ async fn sidecar_and_egress_gateway_from_the_seed_manifests() {
     write(&certs, "ca.pem", &pki.root_pem());
 
     let easy = start_plain("easy").await;
-    let simple = start_tls(UpstreamOptions::from_leaf(
-        &pki.server_leaf(&[SIMPLE]),
-        "simple",
-    ))
-    .await;
-    let mutual_leaf = pki.server_leaf(&[MUTUAL]);
-    let mutual = start_tls(UpstreamOptions {
-        chain: mutual_leaf.chain_der.clone(),
-        key: mutual_leaf.key_der.clone_key(),
-        client_ca: Some(pki.root_der()),
-        name: "mutual".into(),
-    })
-    .await;
+    let (simple, mutual) = start_simple_and_mutual(&pki, SIMPLE, MUTUAL).await;
     let mount = format!("/etc/istio/egress-certs={}", certs.display());
 
     // The egress gateway: the egress template (Deployment, ConfigMap, Service) and the SIMPLE

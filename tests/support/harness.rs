@@ -543,6 +543,31 @@ pub fn static_app_yaml(port: u16) -> String {
     )
 }
 
+/// A plaintext origin named `name` and the egret binary in front of it with
+/// [`static_app_yaml`] and `args` (after `--config`): what the tests that drive the binary over
+/// raw HTTP/1 share. The origin and the config directory live as long as the value.
+pub struct StaticApp {
+    pub origin: super::Upstream,
+    pub egret: EgretProcess,
+    _dir: tempfile::TempDir,
+}
+
+pub fn start_static_app(rt: &tokio::runtime::Runtime, name: &str, args: &[&str]) -> StaticApp {
+    let origin = rt.block_on(super::start_plain(name));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("egret.yaml");
+    std::fs::write(&cfg, static_app_yaml(origin.addr.port())).expect("write config");
+    let cfg = cfg.display().to_string();
+    let mut all = vec!["--config", cfg.as_str()];
+    all.extend_from_slice(args);
+    let egret = EgretProcess::start(&all);
+    StaticApp {
+        origin,
+        egret,
+        _dir: dir,
+    }
+}
+
 /// `api.test` port 80 originated as SIMPLE TLS to 443, verified against the CA file `ca`.
 pub fn simple_tls_yaml(ca: &str) -> String {
     format!(

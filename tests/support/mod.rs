@@ -17,7 +17,7 @@ pub use pki::{Leaf, Pki};
 #[allow(unused_imports)]
 pub use upstream::{
     ECHO_TRAILER, EchoServer, Rotator, Upstream, UpstreamOptions, start_echo_plain, start_echo_tls,
-    start_plain, start_tls, start_tls_at, start_tls_rotatable,
+    start_plain, start_simple_and_mutual, start_tls, start_tls_at, start_tls_rotatable,
 };
 
 pub mod harness;

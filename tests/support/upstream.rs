@@ -139,6 +139,29 @@ struct ConnInfo {
 }
 
 /// Starts an HTTPS (HTTP/1.1 over TLS 1.2/1.3) origin on 127.0.0.1:0.
+/// The two origins of the seed's egress example: `simple` (a TLS server for `simple_host`) and
+/// `mutual` (one for `mutual_host` that requires a client certificate issued by `pki`).
+pub async fn start_simple_and_mutual(
+    pki: &super::Pki,
+    simple_host: &str,
+    mutual_host: &str,
+) -> (Upstream, Upstream) {
+    let simple = start_tls(UpstreamOptions::from_leaf(
+        &pki.server_leaf(&[simple_host]),
+        "simple",
+    ))
+    .await;
+    let mutual_leaf = pki.server_leaf(&[mutual_host]);
+    let mutual = start_tls(UpstreamOptions {
+        chain: mutual_leaf.chain_der.clone(),
+        key: mutual_leaf.key_der.clone_key(),
+        client_ca: Some(pki.root_der()),
+        name: "mutual".into(),
+    })
+    .await;
+    (simple, mutual)
+}
+
 pub async fn start_tls(opts: UpstreamOptions) -> Upstream {
     start_tls_at(opts, "127.0.0.1:0".parse().expect("loopback address")).await
 }
