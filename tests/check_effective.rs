@@ -194,3 +194,28 @@ fn check_warns_when_max_ejection_percent_makes_ejection_impossible() {
     assert!(!err.contains("maxEjectionPercent"), "{err}");
     assert!(!out.contains("ejects nothing"), "{out}");
 }
+
+#[test]
+fn the_resilience_example_config_checks_and_shows_what_it_sets() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/resilience.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_egret"))
+        .args(["check", "-c", path])
+        .output()
+        .expect("run egret check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for want in [
+        "retries: 3 on gateway-error,connect-failure; perTryTimeout 2s",
+        "http1MaxPendingRequests 50 waiting",
+        "maxRetries 20 concurrent retries",
+        "consecutive5xxErrors 3",
+        "maxEjectionPercent 50",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in:\n{stdout}");
+    }
+    assert!(
+        !stderr.contains("maxEjectionPercent"),
+        "two endpoints at 50 % can eject one: no warning\n{stderr}"
+    );
+}
