@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod dns;

@@ -21,6 +21,7 @@ pub use upstream::{
 };
 
 pub mod harness;
+pub mod netns;
 pub mod scripted;
 #[allow(unused_imports)]
 pub use harness::*;
