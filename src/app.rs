@@ -62,6 +62,8 @@ pub struct Options {
     /// Open connections per listener (`--max-connections`); `None`: unlimited, as Envoy.
     pub max_connections: Option<usize>,
     pub ops: OpsAddrs,
+    /// The DNS proxy's address (UDP and TCP), `--dns-capture` / `--dns-listen`.
+    pub dns_listen: Option<SocketAddr>,
     pub log_level: Option<LogLevelHandle>,
     pub workload: Workload,
     /// Called with (server name, address) as soon as each operational server is bound, before
@@ -77,6 +79,7 @@ impl Default for Options {
             max_request_head: crate::http::server::DEFAULT_MAX_REQUEST_HEAD,
             max_connections: None,
             ops: OpsAddrs::default(),
+            dns_listen: None,
             log_level: None,
             workload: Workload::default(),
             announce: None,
@@ -312,6 +315,9 @@ pub async fn build(config: Config, options: Options) -> Result<(App, Vec<Problem
         ops_tasks,
         options,
     };
+    if let Some(addr) = app.options.dns_listen {
+        app.start_dns_proxy(addr).await?;
+    }
     let config = app.state.load().config.clone();
     let socks = app.prepare(&config)?;
     app.start(&config, socks);
@@ -320,6 +326,45 @@ pub async fn build(config: Config, options: Options) -> Result<(App, Vec<Problem
 }
 
 impl App {
+    /// Binds the DNS proxy (UDP and TCP on `addr`; port 0 takes one free port for both) and
+    /// serves it until shutdown. It answers from the configuration current at each query.
+    async fn start_dns_proxy(&mut self, addr: SocketAddr) -> Result<(), StartError> {
+        let bind_err = |source| StartError::Bind {
+            name: "dns".into(),
+            addr,
+            source,
+        };
+        let udp = tokio::net::UdpSocket::bind(addr).await.map_err(bind_err)?;
+        let bound = udp.local_addr().map_err(bind_err)?;
+        let tcp = crate::listener::bind(bound).map_err(bind_err)?;
+        let rt = self.state.load();
+        let upstream = crate::dns::server::upstream_servers(&rt.config.dns.servers);
+        tracing::info!(
+            "DNS proxy on {bound}: {} declared host(s) answered by egret, the rest forwarded to {upstream:?}",
+            rt.config.names.hosts.len()
+        );
+        let state = self.state.clone();
+        let view: crate::dns::server::ViewSource = Arc::new(move || {
+            let rt = state.load();
+            crate::dns::server::View {
+                names: rt.config.names.clone(),
+                dns: rt.upstream.dns.clone(),
+            }
+        });
+        self.ops_tasks.push(tokio::spawn(crate::dns::server::serve(
+            udp,
+            tcp,
+            upstream,
+            view,
+            self.ops_stop.subscribe(),
+        )));
+        if let Some(f) = &self.options.announce {
+            f("dns", bound);
+        }
+        self.ops.push(("dns".into(), bound));
+        Ok(())
+    }
+
     /// The bound address of a listener.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners

@@ -86,20 +86,30 @@ pub async fn serve_http(
                 };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().unwrap_or(remote);
-                let ctx = ConnCtx {
+                let mut ctx = ConnCtx {
                     local,
                     remote,
                     id: NEXT_DOWNSTREAM_ID.fetch_add(1, Ordering::Relaxed),
                     listener: key.clone(),
                     sni: None,
+                    original_dst: None,
                 };
-                let (acceptor, l4) = {
+                let (acceptor, l4, captured) = {
                     let rt = state.load();
                     match rt.listener(&key) {
-                        Some((i, l)) => (rt.listener_tls.get(i).cloned().flatten(), l.l4.clone()),
-                        None => (None, None),
+                        Some((i, l)) => (
+                            rt.listener_tls.get(i).cloned().flatten(),
+                            l.l4.clone(),
+                            l.routes.captured.is_some(),
+                        ),
+                        None => (None, None, false),
                     }
                 };
+                // Redirected by the capture rules: the original destination decides.
+                if captured && let Some(orig) = crate::capture::original_destination(&stream, local) {
+                    ctx.local = orig;
+                    ctx.original_dst = Some(orig);
+                }
                 stats.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
                 stats.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
                 let cx_stats = stats.clone();
@@ -123,19 +133,15 @@ pub async fn serve_http(
                     // Held until the connection ends, whoever serves it; only egret's HTTP/1
                     // loop marks it idle between requests.
                     let slot = slot;
-                    match acceptor {
-                        None => {
-                            if is_h2c(&stream).await {
-                                Box::pin(serve_conn(stream, Proto::H2, ctx, state, builders, stop)).await;
-                                return;
-                            }
-                            // egret's own HTTP/1 loop; hyper takes over for what it does not do.
-                            let mut stop = stop;
-                            let handle = |req| proxy::handle(state.load_full(), &ctx, req);
-                            if let Some(rest) = server::serve(stream, handle, &mut stop, builders.max_head, slot.as_ref()).await {
-                                Box::pin(serve_conn(rest.into_io(), Proto::H1, ctx, state, builders, stop)).await;
-                            }
+                    if let Some(orig) = ctx.original_dst {
+                        let rt = state.load_full();
+                        if let Some(seen) = sniff_captured(&stream, &rt, &ctx, orig).await {
+                            proxy::captured::serve(stream, ctx, rt, orig, seen).await;
+                            return;
                         }
+                    }
+                    match acceptor {
+                        None => serve_plain(stream, ctx, state, builders, stop, slot).await,
                         Some(acc) => {
                             Box::pin(serve_tls(acc, stream, ctx, state, builders, stop)).await;
                         }
@@ -190,6 +196,111 @@ impl Builders {
 enum Proto {
     H1,
     H2,
+}
+
+/// Serves a plaintext HTTP connection: h2c by prior knowledge, else egret's own HTTP/1 loop
+/// (hyper takes over for what it does not do).
+async fn serve_plain(
+    stream: tokio::net::TcpStream,
+    ctx: ConnCtx,
+    state: Arc<ArcSwap<Runtime>>,
+    builders: Arc<Builders>,
+    mut stop: watch::Receiver<bool>,
+    slot: Option<crate::http::limit::ConnSlot>,
+) {
+    if is_h2c(&stream).await {
+        Box::pin(serve_conn(stream, Proto::H2, ctx, state, builders, stop)).await;
+        return;
+    }
+    let handle = |req| proxy::handle(state.load_full(), &ctx, req);
+    if let Some(rest) =
+        server::serve(stream, handle, &mut stop, builders.max_head, slot.as_ref()).await
+    {
+        Box::pin(serve_conn(
+            rest.into_io(),
+            Proto::H1,
+            ctx,
+            state,
+            builders,
+            stop,
+        ))
+        .await;
+    }
+}
+
+/// How long a redirected connection may stay silent before it is taken for a server-first
+/// protocol (opaque TCP), as Envoy's listener-filter timeout with
+/// `continue_on_listener_filters_timeout`.
+const SNIFF_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Envoy's http_inspector and tls_inspector on a redirected connection: `None` for HTTP
+/// (served as HTTP, routed by Host and the original port), else TLS or opaque. A destination a
+/// TCP ServiceEntry declares, and egret's own address, are not sniffed: a server-first
+/// protocol must not wait for bytes that never come.
+async fn sniff_captured(
+    stream: &tokio::net::TcpStream,
+    rt: &Runtime,
+    ctx: &ConnCtx,
+    orig: SocketAddr,
+) -> Option<proxy::captured::Sniffed> {
+    use crate::route::CapturedMatch;
+    use proxy::captured::Sniffed;
+    let declared_tcp = rt
+        .listener(&ctx.listener)
+        .and_then(|(_, l)| l.routes.captured.as_ref())
+        .is_some_and(|t| matches!(t.lookup(orig), CapturedMatch::Tcp(_)));
+    if declared_tcp || proxy::captured::own_address(rt, orig) {
+        return Some(Sniffed::Opaque);
+    }
+    let mut buf = [0u8; 16];
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => return Some(Sniffed::Opaque),
+            Err(_) => return Some(Sniffed::Opaque),
+        };
+        if n == 0 {
+            return Some(Sniffed::Opaque);
+        }
+        if buf[0] == 0x16 {
+            return Some(Sniffed::Tls);
+        }
+        match looks_like_http(&buf[..n]) {
+            Some(true) => return None,
+            Some(false) => return Some(Sniffed::Opaque),
+            // Too few bytes to tell: wait for more (peek returns at once while data is queued).
+            None => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// Whether the first bytes are an HTTP/1 request line's method and space (or the h2c
+/// preface); `None` while a prefix of one.
+fn looks_like_http(b: &[u8]) -> Option<bool> {
+    const STARTS: [&[u8]; 10] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"TRACE ",
+        b"CONNECT ",
+        b"PRI * HTTP/2.0",
+    ];
+    let mut partial = false;
+    for s in STARTS {
+        let k = s.len().min(b.len());
+        if b[..k] == s[..k] {
+            if k == s.len() {
+                return Some(true);
+            }
+            partial = true;
+        }
+    }
+    if partial { None } else { Some(false) }
 }
 
 /// Whether a plaintext connection starts with the HTTP/2 preface (h2c with prior knowledge).

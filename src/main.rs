@@ -87,6 +87,22 @@ struct RunArgs {
     /// Address of the outbound listener (default 127.0.0.1:15001).
     #[arg(long, value_name = "ADDR")]
     outbound_listen: Option<SocketAddr>,
+    /// Transparent capture (after `egret capture` in the pod's init container): the outbound
+    /// listener routes redirected connections by their original destination (HTTP by Host and
+    /// the original port, the app's TLS by SNI, opaque TCP by address), and TCP ports need no
+    /// listener of their own. Explicit-proxy clients keep working on the same listener.
+    #[arg(long)]
+    capture: bool,
+    /// Istio's ISTIO_META_DNS_CAPTURE with DNS_AUTO_ALLOCATE: serve DNS on --dns-listen (where
+    /// `egret capture --dns-capture` sends the app's queries), answer declared hosts from
+    /// egret's own view, and give each host without addresses a stable VIP in 240.240.0.0/16.
+    /// Implies --capture.
+    #[arg(long)]
+    dns_capture: bool,
+    /// Where the DNS proxy listens, UDP and TCP (default 127.0.0.1:15053 with --dns-capture;
+    /// given alone, it runs the DNS proxy without VIPs).
+    #[arg(long, value_name = "ADDR")]
+    dns_listen: Option<SocketAddr>,
     /// DNS server, IP or IP:PORT (repeatable); default: the system's resolv.conf.
     #[arg(long = "dns-server", value_name = "ADDR")]
     dns_server: Vec<String>,
@@ -497,6 +513,10 @@ fn app_options(
         drain_grace,
         max_request_head: args.max_request_headers_kb as usize * 1024,
         max_connections: (args.max_connections > 0).then_some(args.max_connections),
+        dns_listen: args.dns_listen.or_else(|| {
+            args.dns_capture
+                .then(|| SocketAddr::from(([127, 0, 0, 1], 15053)))
+        }),
         ops: egret::app::OpsAddrs {
             ready: parse_ops_addr("--ready", &args.ready)?,
             stats: parse_ops_addr("--stats", &args.stats)?,
@@ -735,6 +755,8 @@ fn overrides(args: &RunArgs, params: Vec<(String, String)>) -> Result<Overrides,
         access_log: args.access_log.clone(),
         ca_bundle: args.ca_bundle.clone(),
         tcp_listen_address: Some(args.tcp_listen_address),
+        capture: args.capture || args.dns_capture,
+        dns_auto_allocate: args.dns_capture,
         ..Overrides::default()
     };
     for m in &args.mount {

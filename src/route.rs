@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method};
 
+mod captured;
 mod policy;
+pub use captured::{CapturedMatch, CapturedRoutes, TcpTarget};
 pub use policy::{
     AttemptFailure, DEFAULT_BACKOFF_BASE, Fault, FaultAbort, FaultDelay, RetryOn, RetryPolicy,
     fault_applies,
@@ -48,6 +50,9 @@ pub struct RouteTable {
     pub fallback: Fallback,
     /// Hosts declared on non-HTTP ports (TLS, HTTPS, TCP): where `CONNECT host:port` may go.
     pub tunnels: crate::FastMap<u16, VirtualHosts>,
+    /// Under transparent capture (the outbound listener only): opaque TCP by original
+    /// destination.
+    pub captured: Option<CapturedRoutes>,
 }
 
 /// Routing of a listener that is not HTTP.
@@ -371,6 +376,7 @@ impl RouteTable {
             ports: Default::default(),
             fallback,
             tunnels: Default::default(),
+            captured: None,
         }
     }
 

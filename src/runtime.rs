@@ -59,6 +59,9 @@ pub struct ConnCtx {
     pub listener: Arc<str>,
     /// SNI the client sent, on a listener that terminates TLS.
     pub sni: Option<Arc<str>>,
+    /// Where the app connected, when the capture rules redirected the connection here (then
+    /// `local` is that address too, as Envoy logs `%DOWNSTREAM_LOCAL_ADDRESS%`).
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// Where egret is in its life.

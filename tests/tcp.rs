@@ -7,12 +7,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use support::redis::{have, redis_cli, start_redis};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -169,122 +169,6 @@ async fn tls_origin(label: &str, host: &str, name: &str) -> (Upstream, tempfile:
 // ---------------------------------------------------------------------------------------------
 // a. redis-server over mutual TLS
 
-/// A redis-server child process, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Redis {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn have(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// Starts redis-server on 127.0.0.1 with only a TLS port (requiring client certificates) and
-/// waits until it accepts connections.
-fn start_redis(dir: &Path, cert: &str, key: &str, client_ca: &str) -> Redis {
-    let mut last = String::new();
-    for attempt in 0..5 {
-        let port = free_port();
-        let log = dir.join(format!("redis-{attempt}.log"));
-        let out = std::fs::File::create(&log).expect("create the redis log");
-        let err = out.try_clone().expect("clone the redis log handle");
-        let port_s = port.to_string();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--tls-port",
-                &port_s,
-                "--tls-cert-file",
-                cert,
-                "--tls-key-file",
-                key,
-                "--tls-ca-cert-file",
-                client_ca,
-                "--tls-auth-clients",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                &dir.display().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn redis-server");
-        let mut redis = Redis { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = redis.child.try_wait() {
-                last = format!("redis-server exited ({st}): {}", redis.log());
-                break;
-            }
-            if std::net::TcpStream::connect_timeout(
-                &SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if last.is_empty() {
-            last = format!("redis-server did not listen within 10 s: {}", redis.log());
-        }
-    }
-    panic!("could not start redis-server: {last}");
-}
-
-/// Runs `redis-cli ARGS` (bounded by 20 s); returns (exit code, stdout, stderr).
-fn redis_cli(args: &[String]) -> (i32, String, String) {
-    let out = Command::new("timeout")
-        .arg("20")
-        .arg("redis-cli")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run redis-cli under timeout(1)");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn redis_yaml(dir: &Path, tls: &str) -> String {
     let yaml = format!(
         "{}---\n{}",
@@ -331,7 +215,7 @@ async fn redis_through_tcp_listener_with_mutual_tls() {
             leaf_key.clone(),
             client_ca.clone(),
         );
-        blocking(move || start_redis(&d, &l, &k, &c)).await
+        blocking(move || start_redis(&d, [127, 0, 0, 1].into(), None, &l, &k, &c)).await
     };
     let rport = redis.port.to_string();
 

@@ -56,6 +56,9 @@ pub struct ServiceDecl {
     pub namespace: Option<String>,
     /// ServiceEntry `subjectAltNames`: used when the TLS policy gives none.
     pub subject_alt_names: Vec<String>,
+    /// ServiceEntry `addresses` (network, prefix length): under capture, connections to these
+    /// (on the host's TCP ports) are this host's, and the DNS proxy answers with them.
+    pub addresses: Vec<(std::net::IpAddr, u8)>,
 }
 
 #[derive(Debug, Clone)]

@@ -33,9 +33,9 @@ pub use load::load;
 pub use model::{
     AccessLogConfig, AccessLogPath, Cluster, Config, ConnectTo, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_OUTBOUND_LISTEN, DEFAULT_TCP_IDLE_TIMEOUT,
-    DEFAULT_TCP_LISTEN_ADDRESS, DnsConfig, DnsEndpoint, Endpoints, IpFamily, LbPolicy, Listener,
-    OutboundPolicy, OutlierPolicy, PemSource, Protocol, ServerTlsPolicy, TcpKeepalive, TlsMode,
-    TlsPolicy, TrustRoots, UpstreamOverrides,
+    DEFAULT_TCP_LISTEN_ADDRESS, DnsConfig, DnsEndpoint, DnsNames, Endpoints, IpFamily, LbPolicy,
+    Listener, NameAnswer, OutboundPolicy, OutlierPolicy, PemSource, Protocol, ServerTlsPolicy,
+    TcpKeepalive, TlsMode, TlsPolicy, TrustRoots, UpstreamOverrides,
 };
 pub use overrides::{Overrides, map_path};
 pub use source::{EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_NAME, Source, read_sources};

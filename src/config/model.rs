@@ -44,6 +44,8 @@ pub struct Config {
     pub drain_duration: Option<Duration>,
     /// `meshConfig.defaultConfig.concurrency`, when given (0: the CPUs egret may use).
     pub concurrency: Option<usize>,
+    /// What the DNS proxy answers itself (`--dns-capture`).
+    pub names: Arc<DnsNames>,
 }
 
 #[derive(Debug)]
@@ -681,4 +683,19 @@ mod tests {
         );
         assert_eq!(Protocol::from_port_name("web"), None);
     }
+}
+
+/// What egret's DNS proxy (`--dns-capture`) answers from its own view, per declared host
+/// (lowercase, no trailing dot). Every other name is forwarded to the upstream resolvers.
+#[derive(Debug, Default)]
+pub struct DnsNames {
+    pub hosts: HashMap<String, NameAnswer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameAnswer {
+    /// These addresses: the host's VIP, its ServiceEntry addresses, or its STATIC endpoints.
+    Fixed(Vec<IpAddr>),
+    /// What egret's own resolver answers for the name (resolution DNS without a VIP).
+    Resolve,
 }

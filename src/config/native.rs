@@ -507,6 +507,7 @@ fn lower_destination(
             }),
             namespace: None,
             subject_alt_names: Vec::new(),
+            addresses: Vec::new(),
         });
     }
 }

@@ -23,6 +23,12 @@ pub struct Overrides {
     /// `--tcp-listen-address`: where sidecar TCP listeners bind (default 127.0.0.1).
     pub tcp_listen_address: Option<IpAddr>,
     pub istio: IstioOptions,
+    /// `--capture`: the outbound listener receives redirected connections (`egret capture`)
+    /// and routes them by original destination; TCP ports get no listener of their own.
+    pub capture: bool,
+    /// `--dns-capture`: declared hosts without addresses get a VIP (240.240.0.0/16) from the
+    /// DNS proxy, as Istio's `ISTIO_META_DNS_AUTO_ALLOCATE`.
+    pub dns_auto_allocate: bool,
 }
 
 /// Applies `--mount FROM=TO` to a path.

@@ -97,7 +97,12 @@ async fn forward(
         return Box::pin(connect_tunnel(rt, listener, req, &authority, pending)).await;
     }
     let host = normalize_host(authority.host());
-    let port = authority.port_u16().unwrap_or(default_port);
+    // A redirected connection is routed by the port the app connected to (Istio's per-port
+    // route configurations), whatever its Host says.
+    let port = match conn.original_dst {
+        Some(orig) => orig.port(),
+        None => authority.port_u16().unwrap_or(default_port),
+    };
     pending.rec_mut().authority = Some(authority.as_str().to_string());
 
     // 2. Route.
@@ -127,9 +132,15 @@ async fn forward(
             None,
         ));
     };
+    // Under capture, PassthroughCluster is Envoy's ORIGINAL_DST cluster: the request goes to
+    // the address the app connected to, not to a fresh DNS answer for its Host.
+    let passthrough = super::guard::is_passthrough(pool);
+    let original = conn.original_dst.filter(|_| passthrough);
+    let original_ip = original.map(|o| o.ip().to_string());
     // ALLOW_ANY never passes through to egret itself or to cloud metadata.
-    if super::guard::is_passthrough(pool)
-        && let Err(e) = super::guard::check(rt, pool, &host, port).await
+    if passthrough
+        && let Err(e) =
+            super::guard::check(rt, pool, original_ip.as_deref().unwrap_or(&host), port).await
     {
         return Err((e, Some(req.headers().clone())));
     }
@@ -156,6 +167,10 @@ async fn forward(
 
     // 4. Upstream.
     let sent_at = Instant::now();
+    let dns_host = match original_ip {
+        Some(ip) => Cow::Owned(ip),
+        None => dns_host,
+    };
     let exchange = send(rt, pool, &dns_host, port, up, target.route, pending).await?;
 
     // 5. The response.

@@ -7,9 +7,12 @@
 //!   completes or, if the client goes away, when the request is dropped.
 //! - `guard`: under ALLOW_ANY, no passthrough to egret's own ports or to cloud metadata.
 //! - `tunnel`: HTTP `CONNECT`; [`tcp`]: TCP and TLS-passthrough listeners; both splice bytes
-//!   with [`pump`], and read SNI with `tls::client_hello`.
+//!   with [`pump`], and read SNI with `tls::client_hello`. [`captured`]: connections the capture
+//!   rules redirected that are not HTTP (opaque TCP by original destination, the app's TLS by
+//!   SNI), and PassthroughCluster / BlackHoleCluster for what nothing declares.
 
 mod authority;
+pub mod captured;
 mod finish;
 mod guard;
 pub mod http;

@@ -78,7 +78,7 @@ pub async fn serve(mut stream: TcpStream, ctx: ConnCtx, rt: Arc<Runtime>, l4: Ar
 
 /// Connects upstream, pumps, and writes the connection's log line and metrics.
 #[allow(clippy::too_many_arguments)]
-async fn splice(
+pub(super) async fn splice(
     rt: &Arc<Runtime>,
     down: TcpStream,
     prefix: &[u8],
@@ -135,7 +135,7 @@ async fn closed(s: &TcpStream) {
 }
 
 /// A connection refused before anything was sent upstream (`NR`).
-fn refuse(rt: &Arc<Runtime>, mut rec: AccessRecord, why: &str) {
+pub(super) fn refuse(rt: &Arc<Runtime>, mut rec: AccessRecord, why: &str) {
     rec.flags |= Flags::NR;
     rec.details = Some("filter_chain_not_found".into());
     rec.termination_details = Some(why.to_string());
@@ -163,7 +163,12 @@ fn fail(rt: &Arc<Runtime>, mut rec: AccessRecord, pool: &ClusterPool, host: &str
 }
 
 /// Writes the log line and the istio_tcp_* metrics.
-fn finish(rt: &Arc<Runtime>, mut rec: AccessRecord, pool: Option<&ClusterPool>, host: &str) {
+pub(super) fn finish(
+    rt: &Arc<Runtime>,
+    mut rec: AccessRecord,
+    pool: Option<&ClusterPool>,
+    host: &str,
+) {
     let end = Instant::now();
     rec.end = Some(end);
     let (svc, ns) = match pool {

@@ -58,6 +58,21 @@ pub struct TestDns {
 impl TestDns {
     pub async fn start() -> TestDns {
         let (udp, tcp) = bind_same_port().await;
+        TestDns::serve(udp, tcp)
+    }
+
+    /// A server on `addr` (UDP and TCP), e.g. a test namespace's "cluster DNS" on port 53.
+    pub async fn start_on(addr: SocketAddr) -> TestDns {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind DNS UDP on {addr}: {e}"));
+        let tcp = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind DNS TCP on {addr}: {e}"));
+        TestDns::serve(udp, tcp)
+    }
+
+    fn serve(udp: UdpSocket, tcp: TcpListener) -> TestDns {
         let addr = udp.local_addr().expect("DNS UDP socket local_addr");
         let state = Arc::new(State::default());
         let mut server = Server::new(Handler {

@@ -314,7 +314,22 @@ impl EgretProcess {
         Self::spawn(args, true, env)
     }
 
+    /// [`EgretProcess::start`] under a wrapper command, e.g. `ip netns exec NS setpriv
+    /// --reuid 1337 ...` (egret's path goes after `wrapper`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> EgretProcess {
+        Self::spawn_in(wrapper, args, true, &[])
+    }
+
     fn spawn(args: &[&str], wait_for_proxy: bool, env: &[(String, String)]) -> EgretProcess {
+        Self::spawn_in(&[], args, wait_for_proxy, env)
+    }
+
+    fn spawn_in(
+        wrapper: &[&str],
+        args: &[&str],
+        wait_for_proxy: bool,
+        env: &[(String, String)],
+    ) -> EgretProcess {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
         let mut all: Vec<&str> = args.to_vec();
@@ -329,7 +344,16 @@ impl EgretProcess {
                 all.push(value);
             }
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_egret"))
+        let bin = env!("CARGO_BIN_EXE_egret");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args(&all)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
@@ -375,7 +399,7 @@ impl EgretProcess {
             });
         }
         // Operational servers are announced first, proxy listeners when egret is up.
-        const OPS: [&str; 3] = ["readiness", "stats", "admin"];
+        const OPS: [&str; 4] = ["readiness", "stats", "admin", "dns"];
         let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {

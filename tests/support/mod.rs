@@ -22,6 +22,7 @@ pub use upstream::{
 
 pub mod harness;
 pub mod netns;
+pub mod redis;
 pub mod scripted;
 #[allow(unused_imports)]
 pub use harness::*;

@@ -36,7 +36,9 @@ pub fn unavailable() -> Option<String> {
         .and_then(|l| l.split_whitespace().nth(2))
         .unwrap_or("?");
     if euid != "0" {
-        return Some(format!("not root (euid {euid}): network namespaces need CAP_NET_ADMIN"));
+        return Some(format!(
+            "not root (euid {euid}): network namespaces need CAP_NET_ADMIN"
+        ));
     }
     for tool in ["ip", "iptables"] {
         if !Command::new("sh")
@@ -45,7 +47,9 @@ pub fn unavailable() -> Option<String> {
             .status()
             .is_ok_and(|s| s.success())
         {
-            return Some(format!("`{tool}` is not installed (apt-get install -y iproute2 iptables)"));
+            return Some(format!(
+                "`{tool}` is not installed (apt-get install -y iproute2 iptables)"
+            ));
         }
     }
     None
@@ -105,9 +109,26 @@ impl Netns {
             etc,
         };
         let name = ns.name.as_str();
-        sh(&["ip", "link", "add", &ns.host_if, "type", "veth", "peer", "name", &app_if]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &app_if,
+        ]);
         sh(&["ip", "link", "set", &app_if, "netns", name]);
-        sh(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", &ns.host_if]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/24"),
+            "dev",
+            &ns.host_if,
+        ]);
         sh(&["ip", "link", "set", &ns.host_if, "up"]);
         ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
         ns.exec_ok(&["ip", "addr", "add", &format!("{app_ip}/24"), "dev", &app_if]);
@@ -120,7 +141,14 @@ impl Netns {
     pub fn add_host_ip(&self, last_octet: u8) -> Ipv4Addr {
         let o = self.host_ip.octets();
         let ip = Ipv4Addr::new(o[0], o[1], o[2], last_octet);
-        sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &self.host_if]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &self.host_if,
+        ]);
         ip
     }
 

@@ -81,6 +81,7 @@ pub(super) fn kubernetes_services(
             retry: None,
             namespace: host.split('.').nth(1).map(str::to_string),
             subject_alt_names: Vec::new(),
+            addresses: Vec::new(),
         });
     }
 }

@@ -55,6 +55,14 @@ pub(super) fn services(store: &Store, proxy_ns: &str, problems: &mut Problems) -
                 Some("use resolution: STATIC or DNS".into()),
             );
         }
+        let addresses = parse_addresses(&se.spec.addresses, |i, e| {
+            problems.error(
+                se.origin(),
+                se.path(&format!("addresses[{i}]")),
+                e,
+                Some("an IP address (192.0.2.10) or a CIDR (192.0.2.0/24)".into()),
+            );
+        });
         for (i, h) in se.spec.hosts.iter().enumerate() {
             let host = h.trim_end_matches('.').to_ascii_lowercase();
             if let Err(e) = check_host(&host, false) {
@@ -85,8 +93,64 @@ pub(super) fn services(store: &Store, proxy_ns: &str, problems: &mut Problems) -
                 retry: None,
                 namespace: Some(se.namespace.clone()),
                 subject_alt_names: se.spec.subject_alt_names.clone(),
+                addresses: addresses.clone(),
             });
         }
     }
     services
+}
+
+/// ServiceEntry `addresses`: IPs and CIDRs; each bad one is reported through `bad`.
+fn parse_addresses(
+    raw: &[String],
+    mut bad: impl FnMut(usize, String),
+) -> Vec<(std::net::IpAddr, u8)> {
+    let mut out = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let (ip, prefix) = match a.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (a.as_str(), None),
+        };
+        let Ok(ip) = ip.trim().parse::<std::net::IpAddr>() else {
+            bad(i, format!("{a:?} is not an IP address or CIDR"));
+            continue;
+        };
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix.map(str::parse::<u8>) {
+            None => full,
+            Some(Ok(p)) if p <= full => p,
+            Some(_) => {
+                bad(i, format!("{a:?}: the prefix length must be 0 to {full}"));
+                continue;
+            }
+        };
+        out.push((ip, prefix));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_addresses;
+
+    #[test]
+    fn addresses_are_ips_or_cidrs() {
+        let mut errors = Vec::new();
+        let raw: Vec<String> = [
+            "192.0.2.10",
+            "10.0.0.0/8",
+            "2001:db8::/32",
+            "nope",
+            "10.0.0.0/33",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let got = parse_addresses(&raw, |i, e| errors.push((i, e)));
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].1, 32);
+        assert_eq!(got[1].1, 8);
+        assert_eq!(got[2].1, 32);
+        assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 4]);
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::decl::Model;
 use crate::config::diag::{Origin, Problems};
+use crate::config::lower::capture;
 use crate::config::lower::clusters::clusters;
 use crate::config::lower::listeners::listeners;
 use crate::config::model::{AccessLogConfig, Config, DnsConfig, Listener, OutboundPolicy};
@@ -26,7 +27,15 @@ pub(crate) fn build(mut model: Model, overrides: &Overrides, problems: &mut Prob
     let clusters = clusters(&model, overrides, problems);
 
     // Listeners: the outbound (sidecar) listeners, then the gateway listeners.
-    let listeners = listeners(&model, overrides, outbound_policy, &clusters, problems);
+    let captured = capture::captured(&model, overrides, &clusters, outbound_policy, problems);
+    let listeners = listeners(
+        &model,
+        overrides,
+        outbound_policy,
+        &clusters,
+        captured.routes,
+        problems,
+    );
     check_addresses(&listeners, problems);
 
     Config {
@@ -39,6 +48,7 @@ pub(crate) fn build(mut model: Model, overrides: &Overrides, problems: &mut Prob
         warnings: Vec::new(),
         drain_duration: model.drain_duration,
         concurrency: model.concurrency,
+        names: Arc::new(captured.names),
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) fn listeners(
     overrides: &Overrides,
     outbound_policy: OutboundPolicy,
     clusters: &Clusters,
+    mut captured: Option<crate::route::CapturedRoutes>,
     problems: &mut Problems,
 ) -> Vec<Listener> {
     let passthrough = clusters.passthrough;
@@ -63,6 +64,8 @@ pub(crate) fn listeners(
         add_default_routes(&mut table, &clusters.default_routes, decl.port, problems);
         if decl.port.is_none() {
             add_tunnels(&mut table, &clusters.l4_ports);
+            // The first outbound listener is the one the capture rules redirect to.
+            table.captured = captured.take();
         }
         listeners.push(Listener {
             name: decl.name.clone(),
@@ -73,7 +76,9 @@ pub(crate) fn listeners(
             l4: None,
         });
     }
-    if !gateway_role {
+    // Under capture, TCP ports need no listener: their connections arrive redirected at the
+    // outbound listener, which tells hosts apart by original destination.
+    if !gateway_role && !overrides.capture {
         let ip = overrides
             .tcp_listen_address
             .unwrap_or(DEFAULT_TCP_LISTEN_ADDRESS);

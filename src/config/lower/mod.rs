@@ -6,6 +6,7 @@
 //! [`tls`] policies), then the [`listeners`].
 
 pub(crate) mod build;
+pub(crate) mod capture;
 pub(crate) mod clusters;
 pub(crate) mod listeners;
 pub(crate) mod tls;
