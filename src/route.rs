@@ -894,7 +894,6 @@ fn mask(ip: std::net::IpAddr, prefix: u8) -> std::net::IpAddr {
 #[cfg(test)]
 mod captured_tests {
     use super::*;
-    use std::net::SocketAddr;
     use std::sync::Arc;
 
     fn target(host: &str, c: ClusterId) -> std::sync::Arc<TcpTarget> {
