@@ -206,3 +206,299 @@ async fn the_oracle_seed_through_capture_and_the_dns_proxy() {
     drop(sidecar);
     drop(dns);
 }
+
+fn service_entry(name: &str, host: &str, port: u16, proto: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: {port}, name: p-{port}, protocol: {proto}}}]\n  resolution: DNS\n---\n"
+    )
+}
+
+/// Two redis servers on the same port (two TCP hosts that only their VIPs tell apart), each
+/// reached over mutual TLS by a plain redis-cli; the app's own HTTPS routed by SNI; and what
+/// nothing declares refused under REGISTRY_ONLY (HTTP 502 `block_all`, TLS and TCP to
+/// BlackHoleCluster), each logged as Envoy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_hosts_by_vip_tls_by_sni_and_registry_only() {
+    use support::redis::{have, redis_cli, start_redis};
+    let Some(ns) = Netns::create("tcp").map(std::sync::Arc::new) else {
+        return;
+    };
+    if !(have("redis-server") && have("redis-cli")) {
+        assert!(
+            std::env::var_os("EGRET_REQUIRE_REDIS").is_none(),
+            "EGRET_REQUIRE_REDIS is set but redis-server/redis-cli are missing"
+        );
+        eprintln!(
+            "SKIPPED tcp_hosts_by_vip_tls_by_sni_and_registry_only: no redis-server/redis-cli"
+        );
+        return;
+    }
+    let a_ip = IpAddr::V4(ns.host_ip);
+    let b_ip = IpAddr::V4(ns.add_host_ip(3));
+    let pki = Pki::new("capture-tcp");
+    let ra = pki.server_leaf(&["redis-a.example.com"]);
+    let rb = pki.server_leaf(&["redis-b.example.com"]);
+    let client = pki.client_leaf("sidecar");
+    let ca = format!("{}{}", pki.root_pem(), pki.intermediate_pem());
+    let mut yaml = String::new();
+    for h in ["redis-a", "redis-b"] {
+        yaml += &service_entry(h, &format!("{h}.example.com"), 6379, "TCP");
+    }
+    yaml += &service_entry("api", "api.example.com", 443, "HTTPS");
+    let dir = readable_dir(&[
+        ("ra.crt", &ra.chain_pem),
+        ("ra.key", &ra.key_pem),
+        ("rb.crt", &rb.chain_pem),
+        ("rb.key", &rb.key_pem),
+        ("ca.pem", &ca),
+        ("client.crt", &client.chain_pem),
+        ("client.key", &client.key_pem),
+    ]);
+    for h in ["redis-a", "redis-b"] {
+        yaml += &format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {h}}}\nspec:\n  host: {h}.example.com\n  trafficPolicy:\n    tls: {{mode: MUTUAL, caCertificates: {}, clientCertificate: {}, privateKey: {}}}\n---\n",
+            path(&dir, "ca.pem"),
+            path(&dir, "client.crt"),
+            path(&dir, "client.key")
+        );
+    }
+    std::fs::write(dir.path().join("mesh.yaml"), &yaml).expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.path().join("mesh.yaml");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let (d, ca_p) = (dir.path().to_path_buf(), path(&dir, "ca.pem"));
+    let (ra_c, ra_k, rb_c, rb_k) = (
+        path(&dir, "ra.crt"),
+        path(&dir, "ra.key"),
+        path(&dir, "rb.crt"),
+        path(&dir, "rb.key"),
+    );
+    let (redis_a, redis_b) = blocking(move || {
+        (
+            start_redis(&d, a_ip, Some(6379), &ra_c, &ra_k, &ca_p),
+            start_redis(&d, b_ip, Some(6379), &rb_c, &rb_k, &ca_p),
+        )
+    })
+    .await;
+    let api = start_tls_at(
+        UpstreamOptions::from_leaf(&pki.server_leaf(&["api.example.com"]), "api"),
+        SocketAddr::new(a_ip, 443),
+    )
+    .await;
+    let l80 = tokio::net::TcpListener::bind((a_ip, 80))
+        .await
+        .expect("bind :80");
+    let undeclared =
+        start_scripted_on(l80, "undeclared", std::sync::Arc::new(|_| Act::Status(200)));
+    let dns = support::TestDns::start_on(SocketAddr::new(a_ip, 53)).await;
+    dns.set("redis-a.example.com", &[a_ip], 300);
+    dns.set("redis-b.example.com", &[b_ip], 300);
+    dns.set("api.example.com", &[a_ip], 300);
+    dns.set("undeclared.example.com", &[a_ip], 300);
+    ns.set_resolv_conf(ns.host_ip);
+    capture(&ns, &["--dns-capture"]);
+
+    let mesh = path(&dir, "mesh.yaml");
+    let wrapper = as_proxy(&ns);
+    let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let sidecar = EgretProcess::start_wrapped(
+        &w,
+        &["run", "-c", &mesh, "--dns-capture", "--access-log", "-"],
+    );
+
+    // redis-cli, plain, by name: each name reaches its own server through egret's mTLS.
+    for (host, value) in [
+        ("redis-a.example.com", "from-a"),
+        ("redis-b.example.com", "from-b"),
+    ] {
+        let ns = ns.clone();
+        let (code, out, err) = blocking(move || {
+            app(
+                &ns,
+                &["redis-cli", "-h", host, "-p", "6379", "SET", "who", value],
+            )
+        })
+        .await;
+        assert_eq!(
+            (code, out.trim()),
+            (0, "OK"),
+            "{host}: {err}\nredis: {}",
+            redis_a.log()
+        );
+    }
+    for (host, value) in [
+        ("redis-a.example.com", "from-a"),
+        ("redis-b.example.com", "from-b"),
+    ] {
+        let ns = ns.clone();
+        let (code, out, err) =
+            blocking(move || app(&ns, &["redis-cli", "-h", host, "-p", "6379", "GET", "who"]))
+                .await;
+        assert_eq!(
+            (code, out.trim()),
+            (0, value),
+            "{host}: {err}\nredis b: {}",
+            redis_b.log()
+        );
+    }
+    let lines: Vec<LogLine> = sidecar
+        .wait_stdout(4)
+        .iter()
+        .map(|l| LogLine::parse(l))
+        .collect();
+    for (l, host) in lines
+        .iter()
+        .zip(["redis-a", "redis-b", "redis-a", "redis-b"])
+    {
+        assert_eq!(
+            l.cluster,
+            format!("outbound|6379||{host}.example.com"),
+            "{l:?}"
+        );
+        assert!(l.downstream_local.starts_with("240.240."), "{l:?}");
+    }
+    assert_ne!(
+        lines[0].downstream_local, lines[1].downstream_local,
+        "two VIPs"
+    );
+
+    // The app's own HTTPS: routed by SNI and the original port, its TLS untouched.
+    let root = path(&dir, "ca.pem");
+    let (code, out, err) = {
+        let ns = ns.clone();
+        blocking(move || {
+            app(
+                &ns,
+                &["curl", "-sS", "--cacert", &root, "https://api.example.com/"],
+            )
+        })
+        .await
+    };
+    assert_eq!((code, out.as_str()), (0, "hello from api\n"), "{err}");
+    let l = LogLine::parse(&sidecar.wait_stdout(5)[4]);
+    assert_eq!(
+        (l.cluster.as_str(), l.sni.as_str()),
+        ("outbound|443||api.example.com", "api.example.com")
+    );
+    assert_eq!(api.handshakes(), 1);
+
+    // REGISTRY_ONLY: an undeclared HTTP host is 502 block_all; its TLS goes nowhere.
+    let (code, out, err) = {
+        let ns = ns.clone();
+        blocking(move || {
+            app(
+                &ns,
+                &[
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://undeclared.example.com/",
+                ],
+            )
+        })
+        .await
+    };
+    assert_eq!((code, out.as_str()), (0, "502"), "{err}");
+    let l = LogLine::parse(&sidecar.wait_stdout(6)[5]);
+    assert_eq!((l.code, l.route.as_str()), (502, "block_all"), "{l:?}");
+    let (code, _, _) = {
+        let ns = ns.clone();
+        blocking(move || {
+            app(
+                &ns,
+                &["curl", "-sS", "-k", "https://undeclared.example.com/"],
+            )
+        })
+        .await
+    };
+    assert_ne!(code, 0);
+    let l = LogLine::parse(&sidecar.wait_stdout(7)[6]);
+    assert_eq!(
+        (l.cluster.as_str(), l.flags.as_str()),
+        ("BlackHoleCluster", "UH"),
+        "{l:?}"
+    );
+    assert_eq!(l.sni, "undeclared.example.com");
+    assert_eq!(undeclared.count(), 0, "nothing undeclared got through");
+}
+
+/// ALLOW_ANY: an undeclared HTTP host goes to the address the app connected to (Envoy's
+/// ORIGINAL_DST), not to a fresh DNS answer for its Host; explicit-proxy requests keep working
+/// on the same listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_any_goes_to_the_original_destination() {
+    let Some(ns) = Netns::create("any").map(std::sync::Arc::new) else {
+        return;
+    };
+    let internet = IpAddr::V4(ns.host_ip);
+    let l = tokio::net::TcpListener::bind((internet, 8080))
+        .await
+        .expect("bind");
+    let origin = start_scripted_on(l, "origin", std::sync::Arc::new(|_| Act::Status(200)));
+    let dns = support::TestDns::start_on(SocketAddr::new(internet, 53)).await;
+    dns.set("plain.example.com", &[internet], 300);
+    ns.set_resolv_conf(ns.host_ip);
+    capture(&ns, &[]);
+    let wrapper = as_proxy(&ns);
+    let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let sidecar = EgretProcess::start_wrapped(
+        &w,
+        &[
+            "run",
+            "--capture",
+            "--outbound-policy",
+            "ALLOW_ANY",
+            "--access-log",
+            "-",
+        ],
+    );
+    let url = format!("http://{internet}:8080/x");
+    let (code, out, err) = {
+        let ns = ns.clone();
+        blocking(move || app(&ns, &["curl", "-sS", "-H", "Host: nowhere.invalid", &url])).await
+    };
+    assert_eq!((code, out.as_str()), (0, "origin\n"), "{err}");
+    assert_eq!(
+        dns.queries("nowhere.invalid"),
+        0,
+        "no DNS lookup for the Host"
+    );
+    let l = LogLine::parse(&sidecar.wait_stdout(1)[0]);
+    assert_eq!(
+        (
+            l.cluster.as_str(),
+            l.route.as_str(),
+            l.upstream_host.clone()
+        ),
+        (
+            "PassthroughCluster",
+            "allow_any",
+            format!("{internet}:8080")
+        )
+    );
+    assert_eq!(l.downstream_local, format!("{internet}:8080"));
+    // The same listener as an explicit proxy (loopback is never captured).
+    let (code, out, err) = {
+        let ns = ns.clone();
+        blocking(move || {
+            app(
+                &ns,
+                &[
+                    "curl",
+                    "-sS",
+                    "-x",
+                    "http://127.0.0.1:15001",
+                    "http://plain.example.com:8080/y",
+                ],
+            )
+        })
+        .await
+    };
+    assert_eq!((code, out.as_str()), (0, "origin\n"), "{err}");
+    assert_eq!(origin.count(), 2);
+}

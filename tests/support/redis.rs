@@ -75,6 +75,9 @@ pub fn start_redis(
                 client_ca,
                 "--tls-auth-clients",
                 "yes",
+                // mTLS guards it; protected mode would refuse every non-loopback client.
+                "--protected-mode",
+                "no",
                 "--save",
                 "",
                 "--appendonly",
