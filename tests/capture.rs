@@ -219,7 +219,7 @@ fn service_entry(name: &str, host: &str, port: u16, proto: &str) -> String {
 /// BlackHoleCluster), each logged as Envoy does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_hosts_by_vip_tls_by_sni_and_registry_only() {
-    use support::redis::{have, redis_cli, start_redis};
+    use support::redis::{have, start_redis};
     let Some(ns) = Netns::create("tcp").map(std::sync::Arc::new) else {
         return;
     };
