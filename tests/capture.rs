@@ -245,6 +245,16 @@ async fn tcp_hosts_by_vip_tls_by_sni_and_registry_only() {
         yaml += &service_entry(h, &format!("{h}.example.com"), 6379, "TCP");
     }
     yaml += &service_entry("api", "api.example.com", 443, "HTTPS");
+    // istio.io "Egress Gateway for HTTPS traffic": the sidecar's TLS for edition.cnn.com must
+    // go to the egress gateway (here a TLS origin standing in for it), not straight out.
+    yaml += &service_entry("cnn", "edition.cnn.com", 443, "TLS");
+    yaml += &service_entry(
+        "egressgateway",
+        "istio-egressgateway.istio-system.svc.cluster.local",
+        443,
+        "TLS",
+    );
+    yaml += "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: direct-cnn-through-egress-gateway}\nspec:\n  hosts: [edition.cnn.com]\n  gateways: [mesh]\n  tls:\n  - match:\n    - gateways: [mesh]\n      port: 443\n      sniHosts: [edition.cnn.com]\n    route:\n    - destination:\n        host: istio-egressgateway.istio-system.svc.cluster.local\n        port: {number: 443}\n---\n";
     let dir = readable_dir(&[
         ("ra.crt", &ra.chain_pem),
         ("ra.key", &ra.key_pem),
@@ -287,6 +297,11 @@ async fn tcp_hosts_by_vip_tls_by_sni_and_registry_only() {
         SocketAddr::new(a_ip, 443),
     )
     .await;
+    let gateway = start_tls_at(
+        UpstreamOptions::from_leaf(&pki.server_leaf(&["edition.cnn.com"]), "gateway"),
+        SocketAddr::new(b_ip, 443),
+    )
+    .await;
     let l80 = tokio::net::TcpListener::bind((a_ip, 80))
         .await
         .expect("bind :80");
@@ -297,6 +312,12 @@ async fn tcp_hosts_by_vip_tls_by_sni_and_registry_only() {
     dns.set("redis-b.example.com", &[b_ip], 300);
     dns.set("api.example.com", &[a_ip], 300);
     dns.set("undeclared.example.com", &[a_ip], 300);
+    dns.set("edition.cnn.com", &[a_ip], 300);
+    dns.set(
+        "istio-egressgateway.istio-system.svc.cluster.local",
+        &[b_ip],
+        300,
+    );
     ns.set_resolv_conf(ns.host_ip);
     capture(&ns, &["--dns-capture"]);
 
@@ -384,6 +405,34 @@ async fn tcp_hosts_by_vip_tls_by_sni_and_registry_only() {
     );
     assert_eq!(api.handshakes(), 1);
 
+    // The VirtualService tls route bound to mesh: captured TLS and CONNECT both go to the
+    // egress gateway.
+    for explicit in [false, true] {
+        let root = path(&dir, "ca.pem");
+        let ns = ns.clone();
+        let (code, out, err) = blocking(move || {
+            let mut args = vec!["curl", "-sS", "--cacert", &root];
+            if explicit {
+                args.extend(["-p", "-x", "http://127.0.0.1:15001"]);
+            }
+            args.push("https://edition.cnn.com/");
+            app(&ns, &args)
+        })
+        .await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "hello from gateway\n"),
+            "explicit={explicit}: {err}"
+        );
+    }
+    assert_eq!(gateway.handshakes(), 2);
+    let l = LogLine::parse(&sidecar.wait_stdout(6)[5]);
+    assert_eq!(
+        l.cluster, "outbound|443||istio-egressgateway.istio-system.svc.cluster.local",
+        "{l:?}"
+    );
+    let log_base = 7;
+
     // REGISTRY_ONLY: an undeclared HTTP host is 502 block_all; its TLS goes nowhere.
     let (code, out, err) = {
         let ns = ns.clone();
@@ -404,7 +453,7 @@ async fn tcp_hosts_by_vip_tls_by_sni_and_registry_only() {
         .await
     };
     assert_eq!((code, out.as_str()), (0, "502"), "{err}");
-    let l = LogLine::parse(&sidecar.wait_stdout(6)[5]);
+    let l = LogLine::parse(&sidecar.wait_stdout(log_base + 1)[log_base]);
     assert_eq!((l.code, l.route.as_str()), (502, "block_all"), "{l:?}");
     let (code, _, _) = {
         let ns = ns.clone();
@@ -417,7 +466,7 @@ async fn tcp_hosts_by_vip_tls_by_sni_and_registry_only() {
         .await
     };
     assert_ne!(code, 0);
-    let l = LogLine::parse(&sidecar.wait_stdout(7)[6]);
+    let l = LogLine::parse(&sidecar.wait_stdout(log_base + 2)[log_base + 1]);
     assert_eq!(
         (l.cluster.as_str(), l.flags.as_str()),
         ("BlackHoleCluster", "UH"),

@@ -331,6 +331,67 @@ impl Routing {
         Some((w, None))
     }
 
+    /// VirtualService `tls` routes bound to `mesh`, for the sidecar's TLS traffic (the app's
+    /// own HTTPS under capture, and `CONNECT host:443`): each SNI name of each match gets the
+    /// route's destinations on the match's port (every declared TLS port of the
+    /// VirtualService's hosts when the match names none). Without this, TLS to a host that the
+    /// manifests send through an egress gateway would go straight out: a policy bypass.
+    pub fn sidecar_tls(
+        &self,
+        tunnels: &mut crate::FastMap<u16, VirtualHosts>,
+        clusters: &HashMap<String, ClusterId>,
+        problems: &mut Problems,
+    ) {
+        for vs in &self.virtual_services {
+            for r in vs.l4.iter().filter(|r| r.tls) {
+                for m in &r.matches {
+                    let bound = m
+                        .gateways
+                        .as_deref()
+                        .unwrap_or(&vs.gateways)
+                        .iter()
+                        .any(|g| g == MESH);
+                    if !bound {
+                        continue;
+                    }
+                    let ports: Vec<u16> = match m.port {
+                        Some(p) => vec![p],
+                        None => vs
+                            .hosts
+                            .iter()
+                            .filter_map(|h| self.service_ports.get(h))
+                            .flatten()
+                            .filter(|(_, proto)| proto.is_tls())
+                            .map(|(p, _)| *p)
+                            .collect(),
+                    };
+                    for port in ports {
+                        let Some(w) =
+                            self.weighted(&r.dests, port, clusters, &r.origin, &r.path, problems)
+                        else {
+                            continue;
+                        };
+                        let vhosts = tunnels.entry(port).or_default();
+                        for name in &m.sni_hosts {
+                            if vhosts.get_mut(name).is_some() {
+                                continue;
+                            }
+                            vhosts.insert(VirtualHost {
+                                name: format!("{name}:{port}"),
+                                domain: name.clone(),
+                                routes: vec![HttpRoute::forward(
+                                    None,
+                                    WeightedClusters::new(w.clusters.clone()),
+                                    None,
+                                )],
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The L4 routing of a gateway TCP or TLS-passthrough listener.
     fn gateway_l4(
         &self,

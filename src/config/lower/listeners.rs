@@ -63,6 +63,10 @@ pub(crate) fn listeners(
         }
         add_default_routes(&mut table, &clusters.default_routes, decl.port, problems);
         if decl.port.is_none() {
+            // VirtualService tls routes first: they win over the host's own cluster.
+            if let Some(r) = &model.routing {
+                r.sidecar_tls(&mut table.tunnels, &clusters.by_name, problems);
+            }
             add_tunnels(&mut table, &clusters.l4_ports);
             // The first outbound listener is the one the capture rules redirect to.
             table.captured = captured.take();
