@@ -187,10 +187,10 @@ pub fn runtime(
             })
             .collect();
     }
-    shared
-        .metrics
-        .insecure_destinations
-        .store(insecure, Ordering::Relaxed);
+    shared.metrics.insecure_destinations.store(
+        insecure + config.plaintext_tls_ports as u64,
+        Ordering::Relaxed,
+    );
     let listener_index = config
         .listeners
         .iter()

@@ -551,3 +551,86 @@ async fn allow_any_goes_to_the_original_destination() {
     assert_eq!((code, out.as_str()), (0, "origin\n"), "{err}");
     assert_eq!(origin.count(), 2);
 }
+
+/// A DestinationRule whose workloadSelector leaves this proxy out would have given TLS to a
+/// port that goes to 443: Istio sends it in plaintext; egret does the same but says so, at
+/// start, in `egret check`, and in `egret_insecure_destinations`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unselected_tls_rule_is_named_and_counted() {
+    let manifest = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: oracle, namespace: work}
+spec:
+  hosts: [www.oracle.com]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: oracle-tls, namespace: work}
+spec:
+  host: www.oracle.com
+  workloadSelector: {matchLabels: {app: billing}}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 80}
+      tls: {mode: SIMPLE}
+";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = write(dir.path(), "mesh.yaml", manifest);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egret"))
+        .args([
+            "check",
+            "-c",
+            &file,
+            "--namespace",
+            "work",
+            "--workload-label",
+            "app=web",
+        ])
+        .output()
+        .expect("egret check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "DestinationRule work/oracle-tls",
+        "workloadSelector {app: billing}",
+        "labels {app: web}",
+        "port 80 of www.oracle.com goes to port 443 in PLAINTEXT",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    // Selected, it applies and nothing is said.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egret"))
+        .args([
+            "check",
+            "-c",
+            &file,
+            "--namespace",
+            "work",
+            "--workload-label",
+            "app=billing",
+        ])
+        .output()
+        .expect("egret check");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("PLAINTEXT"));
+    // Counted at run time.
+    let egret = EgretProcess::start(&[
+        "run",
+        "-c",
+        &file,
+        "--namespace",
+        "work",
+        "--workload-label",
+        "app=web",
+        "--outbound-listen",
+        "127.0.0.1:0",
+    ]);
+    let stats = egret.listener("stats");
+    let body = get(stats, "localhost", "/stats/prometheus").await.body;
+    assert!(body.contains("egret_insecure_destinations 1"), "{body}");
+}

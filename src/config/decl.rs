@@ -59,6 +59,9 @@ pub struct ServiceDecl {
     /// ServiceEntry `addresses` (network, prefix length): under capture, connections to these
     /// (on the host's TCP ports) are this host's, and the DNS proxy answers with them.
     pub addresses: Vec<(std::net::IpAddr, u8)>,
+    /// Ports a DestinationRule would have given TLS but its workloadSelector leaves this
+    /// proxy out, so they go to port 443 in plaintext (counted as insecure destinations).
+    pub plaintext_tls_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone)]

@@ -46,6 +46,9 @@ pub struct Config {
     pub concurrency: Option<usize>,
     /// What the DNS proxy answers itself (`--dns-capture`).
     pub names: Arc<DnsNames>,
+    /// Ports that go to 443 in plaintext because a DestinationRule's workloadSelector leaves
+    /// this proxy out (counted in `egret_insecure_destinations`).
+    pub plaintext_tls_ports: usize,
 }
 
 #[derive(Debug)]

@@ -508,6 +508,7 @@ fn lower_destination(
             namespace: None,
             subject_alt_names: Vec::new(),
             addresses: Vec::new(),
+            plaintext_tls_ports: Vec::new(),
         });
     }
 }

@@ -27,7 +27,8 @@ pub(super) fn attach_destination_rules(
     credentials: &Arc<Credentials>,
     problems: &mut Problems,
 ) {
-    let applicable = applicable_rules(store, services, names, opts, problems);
+    let mut unselected = Vec::new();
+    let applicable = applicable_rules(store, services, names, opts, &mut unselected, problems);
     // Two rules for the same host in the same namespace: Istio keeps the first one's
     // trafficPolicy and silently drops the other's.
     for (i, (a, ha)) in applicable.iter().enumerate() {
@@ -45,6 +46,80 @@ pub(super) fn attach_destination_rules(
     for svc in services.iter_mut() {
         attach(svc, &applicable, &opts.namespace, credentials, problems);
     }
+    warn_unselected_tls(&unselected, services, opts, problems);
+}
+
+/// A DestinationRule whose `workloadSelector` leaves this proxy out does not apply, as in
+/// Istio, so a port it would have given TLS, and whose traffic goes to port 443, leaves in
+/// plaintext. That is said at start and in `egret check`, and counted in
+/// `egret_insecure_destinations` (`ServiceDecl::plaintext_tls_ports`).
+fn warn_unselected_tls(
+    unselected: &[Applicable<'_>],
+    services: &mut [ServiceDecl],
+    opts: &IstioOptions,
+    problems: &mut Problems,
+) {
+    use crate::config::spec::TlsModeSpec;
+    let originates = |t: &Option<crate::config::spec::TlsSpec>| {
+        t.as_ref()
+            .and_then(|t| t.mode)
+            .is_some_and(|m| m != TlsModeSpec::Disable)
+    };
+    let labels = match opts.role {
+        Role::Sidecar => &opts.workload_labels,
+        Role::Gateway => &opts.gateway_selector,
+    };
+    for (dr, host) in unselected {
+        let Some(tp) = &dr.spec.traffic_policy else {
+            continue;
+        };
+        let all = originates(&tp.tls);
+        let ports: Vec<u32> = tp
+            .port_level_settings
+            .iter()
+            .filter(|p| originates(&p.tls))
+            .map(|p| p.port.number)
+            .collect();
+        for svc in services
+            .iter_mut()
+            .filter(|s| &s.host == host && s.policy.is_none())
+        {
+            for p in &svc.ports {
+                let target = p.target_port.unwrap_or(p.number);
+                if p.protocol.is_tls()
+                    || target != 443
+                    || !(all || ports.contains(&u32::from(p.number)))
+                {
+                    continue;
+                }
+                let selector = dr
+                    .spec
+                    .workload_selector
+                    .as_ref()
+                    .map(|w| fmt_labels(w.labels()))
+                    .unwrap_or_default();
+                problems.warn(
+                    dr.origin(),
+                    dr.path("workloadSelector"),
+                    format!(
+                        "DestinationRule {} (workloadSelector {{{selector}}}) does not select this proxy (labels {{{}}}), so port {} of {host} goes to port {target} in PLAINTEXT, as Istio does; the rule's TLS does not apply",
+                        dr.id(),
+                        fmt_labels(labels),
+                        p.number
+                    ),
+                    Some("add this workload's labels to the selector (--workload-label, or /etc/istio/pod/labels under `egret proxy`), or drop workloadSelector".into()),
+                );
+                svc.plaintext_tls_ports.push(p.number);
+            }
+        }
+    }
+}
+
+fn fmt_labels(l: &std::collections::BTreeMap<String, String>) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The rules that apply to this proxy (workloadSelector, exportTo) and name a declared host;
@@ -54,6 +129,7 @@ fn applicable_rules<'a>(
     services: &[ServiceDecl],
     names: &Names<'_>,
     opts: &IstioOptions,
+    unselected: &mut Vec<Applicable<'a>>,
     problems: &mut Problems,
 ) -> Vec<Applicable<'a>> {
     let proxy_ns = opts.namespace.as_str();
@@ -67,6 +143,7 @@ fn applicable_rules<'a>(
         if let Some(ws) = &dr.spec.workload_selector
             && (dr.namespace != proxy_ns || !selects(ws.labels(), labels))
         {
+            unselected.push((dr, host));
             continue;
         }
         if !visible(&dr.spec.export_to, &dr.namespace, proxy_ns) {

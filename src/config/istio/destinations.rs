@@ -82,6 +82,7 @@ pub(super) fn kubernetes_services(
             namespace: host.split('.').nth(1).map(str::to_string),
             subject_alt_names: Vec::new(),
             addresses: Vec::new(),
+            plaintext_tls_ports: Vec::new(),
         });
     }
 }

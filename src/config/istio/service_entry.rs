@@ -94,6 +94,7 @@ pub(super) fn services(store: &Store, proxy_ns: &str, problems: &mut Problems) -
                 namespace: Some(se.namespace.clone()),
                 subject_alt_names: se.spec.subject_alt_names.clone(),
                 addresses: addresses.clone(),
+                plaintext_tls_ports: Vec::new(),
             });
         }
     }

@@ -49,6 +49,11 @@ pub(crate) fn build(mut model: Model, overrides: &Overrides, problems: &mut Prob
         drain_duration: model.drain_duration,
         concurrency: model.concurrency,
         names: Arc::new(captured.names),
+        plaintext_tls_ports: model
+            .services
+            .iter()
+            .map(|s| s.plaintext_tls_ports.len())
+            .sum(),
     }
 }
 
