@@ -47,6 +47,10 @@ enum Command {
         )]
         args: Vec<String>,
     },
+    /// Install (or --remove) the NAT rules that send the pod's outbound TCP (and with
+    /// --dns-capture its DNS) to egret, as istio-init does: run it in the pod's init container
+    /// (NET_ADMIN). --dry-run prints the exact rules.
+    Capture(egret::cli::capture::CaptureArgs),
 }
 
 const PROXY_HELP: &str = "\
@@ -251,6 +255,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    if let Some(Command::Capture(a)) = &cli.command {
+        return egret::cli::capture::run(a);
+    }
     // `egret proxy ...`: translate, then parse egret's own arguments.
     let mut agent_notice = None;
     if let Some(Command::Proxy { args }) = &cli.command {
@@ -281,6 +288,7 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => (false, a, matches.subcommand_matches("run")),
         Some(Command::Check(a)) => (true, a, matches.subcommand_matches("check")),
         Some(Command::Proxy { .. }) => unreachable!("translated above"),
+        Some(Command::Capture(_)) => unreachable!("run above"),
         None => (false, cli.run, Some(&matches)),
     };
     let log_level = init_tracing(&args.log_level);

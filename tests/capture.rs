@@ -35,21 +35,12 @@ fn as_proxy(ns: &Netns) -> Vec<String> {
     .collect()
 }
 
-/// `egret capture ARGS` inside the namespace (as its init container would run it).
-fn capture(ns: &Netns, args: &[&str]) {
-    // TEMPORARY until `egret capture` lands.
-    let _ = args;
-    for r in [
-        "-t nat -A OUTPUT -p udp --dport 53 -m owner --uid-owner 1337 -j RETURN",
-        "-t nat -A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053",
-        "-t nat -A OUTPUT -o lo -j RETURN",
-        "-t nat -A OUTPUT -p tcp -m owner --uid-owner 1337 -j RETURN",
-        "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001",
-    ] {
-        let mut a = vec!["iptables"];
-        a.extend(r.split(' '));
-        ns.exec_ok(&a);
-    }
+/// `egret capture ARGS` inside the namespace, as its init container would run it; its output.
+fn capture(ns: &Netns, args: &[&str]) -> String {
+    let mut all = vec![env!("CARGO_BIN_EXE_egret"), "capture"];
+    all.extend_from_slice(args);
+    let out = ns.exec_ok(&all);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A directory uid 1337 can read (tempdirs are 0700), with `files` written into it.
@@ -633,4 +624,275 @@ spec:
     let stats = egret.listener("stats");
     let body = get(stats, "localhost", "/stats/prometheus").await.body;
     assert!(body.contains("egret_insecure_destinations 1"), "{body}");
+}
+
+fn count(text: &str, line: &str) -> usize {
+    text.lines().filter(|l| l.trim() == line).count()
+}
+
+/// `egret capture` as an init container runs it: idempotent (a second run adds no second
+/// jump), `--dns-capture` toggled off removes its chain, `--remove` removes everything and is
+/// itself idempotent, the nft backend does the same with its own table, and what is missing
+/// (NET_ADMIN, iptables and nft) is said.
+#[test]
+fn egret_capture_is_idempotent_removable_and_says_what_is_missing() {
+    let Some(ns) = Netns::create("rules") else {
+        return;
+    };
+    ns.set_resolv_conf(ns.host_ip);
+    let said = capture(&ns, &["--dns-capture"]);
+    assert!(said.contains("outbound TCP -> 127.0.0.1:15001"), "{said}");
+    assert!(said.contains(&format!("UDP to {}", ns.host_ip)), "{said}");
+    capture(&ns, &["--dns-capture"]);
+    let save = ns.iptables_save();
+    assert_eq!(
+        count(&save, "-A OUTPUT -p tcp -j EGRET_OUTPUT"),
+        1,
+        "{save}"
+    );
+    assert_eq!(count(&save, "-A OUTPUT -p udp -j EGRET_DNS"), 1, "{save}");
+    assert_eq!(
+        count(
+            &save,
+            "-A EGRET_REDIRECT -p tcp -j REDIRECT --to-ports 15001"
+        ),
+        1,
+        "{save}"
+    );
+    let v6 =
+        String::from_utf8_lossy(&ns.exec_ok(&["ip6tables-save", "-t", "nat"]).stdout).into_owned();
+    assert_eq!(count(&v6, "-A OUTPUT -p tcp -j EGRET_OUTPUT"), 1, "{v6}");
+    // Every rule --dry-run prints is what was installed.
+    let dry = capture(&ns, &["--dns-capture", "--dry-run"]);
+    for rule in dry
+        .lines()
+        .filter(|l| l.starts_with("-A EGRET_OUTPUT -m owner"))
+    {
+        assert_eq!(count(&save, rule), 1, "{rule}\n{save}");
+    }
+    // Without --dns-capture, the DNS chain goes.
+    capture(&ns, &[]);
+    let save = ns.iptables_save();
+    assert!(!save.contains("EGRET_DNS"), "{save}");
+    assert_eq!(
+        count(&save, "-A OUTPUT -p tcp -j EGRET_OUTPUT"),
+        1,
+        "{save}"
+    );
+    capture(&ns, &["--remove"]);
+    let save = ns.iptables_save();
+    assert!(!save.contains("EGRET"), "{save}");
+    assert!(capture(&ns, &["--remove"]).contains("nothing to remove"));
+
+    // nftables: its own table, replaced on re-apply, gone on remove.
+    capture(&ns, &["--backend", "nft", "--dns-capture"]);
+    capture(&ns, &["--backend", "nft", "--dns-capture"]);
+    let table = String::from_utf8_lossy(
+        &ns.exec_ok(&["nft", "list", "table", "inet", "egret"])
+            .stdout,
+    )
+    .into_owned();
+    assert_eq!(table.matches("redirect to :15001").count(), 1, "{table}");
+    assert_eq!(table.matches("meta skuid 1337").count(), 1, "{table}");
+    capture(&ns, &["--backend", "nft", "--remove"]);
+    assert!(
+        !ns.exec(&["nft", "list", "table", "inet", "egret"])
+            .status
+            .success()
+    );
+
+    // Without NET_ADMIN (uid 1337, no capabilities): refused, saying what it needs.
+    let mut args = as_proxy(&ns);
+    args.extend([
+        env!("CARGO_BIN_EXE_egret").to_string(),
+        "capture".to_string(),
+    ]);
+    let out = std::process::Command::new(&args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run egret capture as uid 1337");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("CAP_NET_ADMIN") && err.contains("init container"),
+        "{err}"
+    );
+    // Without iptables or nft.
+    let out = ns.exec(&[
+        "env",
+        "PATH=/nonexistent",
+        env!("CARGO_BIN_EXE_egret"),
+        "capture",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("neither iptables") && err.contains("nft"),
+        "{err}"
+    );
+    // A bad value names the flag.
+    let out = ns.exec(&[env!("CARGO_BIN_EXE_egret"), "capture", "-x", "10.0.0.0/40"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--exclude-outbound-cidrs") && err.contains("0..=32"),
+        "{err}"
+    );
+    assert!(
+        !ns.iptables_save().contains("EGRET"),
+        "nothing installed on an error"
+    );
+}
+
+/// The flags act on real traffic, with iptables and with nft: an excluded port or network goes
+/// straight out (egret never sees it), `--include-outbound-cidrs` narrows what is captured,
+/// and a connection redirected to one of egret's own listeners is refused, not looped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_flags_on_real_traffic_and_no_proxy_loop() {
+    let Some(ns) = Netns::create("flags").map(std::sync::Arc::new) else {
+        return;
+    };
+    let first = IpAddr::V4(ns.host_ip);
+    let second = IpAddr::V4(ns.add_host_ip(3));
+    let mut origins = Vec::new();
+    for (ip, port, name) in [
+        (first, 8080, "p8080"),
+        (first, 8081, "p8081"),
+        (second, 8081, "second"),
+    ] {
+        let l = tokio::net::TcpListener::bind((ip, port))
+            .await
+            .expect("bind");
+        origins.push(start_scripted_on(
+            l,
+            name,
+            std::sync::Arc::new(|_| Act::Status(200)),
+        ));
+    }
+    let wrapper = as_proxy(&ns);
+    let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let sidecar = EgretProcess::start_wrapped(
+        &w,
+        &[
+            "run",
+            "--capture",
+            "--outbound-policy",
+            "REGISTRY_ONLY",
+            "--ready",
+            "0.0.0.0:0",
+            "--access-log",
+            "-",
+        ],
+    );
+    let ready_port = sidecar
+        .listeners
+        .iter()
+        .find(|(n, _)| n == "readiness")
+        .map(|(_, a)| a.port())
+        .expect("readiness announced")
+        .to_string();
+    let get = |url: String| {
+        let ns = ns.clone();
+        async move {
+            let u = url.clone();
+            let (code, out, err) =
+                blocking(move || app(&ns, &["curl", "-sS", "-w", " %{http_code}", &u])).await;
+            assert_eq!(code, 0, "{url}: {err}");
+            out
+        }
+    };
+    let mut logged = 0;
+    for backend in ["iptables", "nft"] {
+        let other = if backend == "nft" { "iptables" } else { "nft" };
+        capture(&ns, &["--backend", other, "--remove"]);
+        let x = format!("{second}/32");
+        capture(&ns, &["--backend", backend, "-o", "8080", "-x", &x]);
+        assert_eq!(
+            get(format!("http://{first}:8080/")).await,
+            "p8080\n 200",
+            "{backend}: excluded port"
+        );
+        assert_eq!(
+            get(format!("http://{second}:8081/")).await,
+            "second\n 200",
+            "{backend}: excluded CIDR"
+        );
+        let blocked = get(format!("http://{first}:8081/")).await;
+        assert!(
+            blocked.ends_with(" 502"),
+            "{backend}: captured, REGISTRY_ONLY: {blocked}"
+        );
+        logged += 1;
+        let l = LogLine::parse(&sidecar.wait_stdout(logged)[logged - 1]);
+        assert_eq!((l.route.as_str(), l.code), ("block_all", 502), "{l:?}");
+        assert_eq!(l.downstream_local, format!("{first}:8081"));
+        // Only the second network captured.
+        capture(&ns, &["--backend", backend, "-i", &x]);
+        assert_eq!(
+            get(format!("http://{first}:8081/")).await,
+            "p8081\n 200",
+            "{backend}: not included"
+        );
+        assert!(
+            get(format!("http://{second}:8081/"))
+                .await
+                .ends_with(" 502"),
+            "{backend}: included"
+        );
+        logged += 1;
+        sidecar.wait_stdout(logged);
+    }
+    assert_eq!(
+        origins.iter().map(|o| o.count()).collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "what was excluded reached its origin; what was captured did not"
+    );
+
+    // A rule that (wrongly) captures the pod's own address on egret's readiness port (on
+    // 0.0.0.0, as in a pod): the
+    // redirected connection is refused as a loop, never served or forwarded to itself.
+    capture(&ns, &["--backend", "nft", "--remove"]);
+    capture(&ns, &[]);
+    let app_ip = ns.app_ip.to_string();
+    ns.exec_ok(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-I",
+        "OUTPUT",
+        "1",
+        "-p",
+        "tcp",
+        "-d",
+        &app_ip,
+        "--dport",
+        &ready_port,
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        "1337",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ]);
+    let url = format!("http://{app_ip}:{ready_port}/healthz/ready");
+    let (code, out, _) = {
+        let ns = ns.clone();
+        blocking(move || app(&ns, &["curl", "-sS", "-w", " %{http_code}", &url])).await
+    };
+    assert_ne!(
+        (code, out.trim()),
+        (0, "200"),
+        "served through itself: {out}"
+    );
+    logged += 1;
+    let l = LogLine::parse(&sidecar.wait_stdout(logged)[logged - 1]);
+    assert!(
+        l.termination.contains("self_loop") || l.details.contains("self_loop"),
+        "{l:?}"
+    );
+    assert_eq!(l.downstream_local, format!("{app_ip}:{ready_port}"));
+    assert_eq!(l.cluster, "BlackHoleCluster", "{l:?}");
 }

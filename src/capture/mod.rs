@@ -4,6 +4,9 @@
 //! `rules.rs`: the NAT rules of `egret capture` (istio-init's), as data; `apply.rs`: installing
 //! and removing them with iptables (or nftables).
 
+mod apply;
 mod original;
+pub mod rules;
 
+pub use apply::{Backend, CaptureError, Step, dry_run, plan, resolve, run};
 pub use original::original_destination;
