@@ -40,7 +40,7 @@ pub fn unavailable() -> Option<String> {
             "not root (euid {euid}): network namespaces need CAP_NET_ADMIN"
         ));
     }
-    for tool in ["ip", "iptables"] {
+    for tool in ["ip", "iptables-restore", "nft", "setpriv"] {
         if !Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -48,7 +48,7 @@ pub fn unavailable() -> Option<String> {
             .is_ok_and(|s| s.success())
         {
             return Some(format!(
-                "`{tool}` is not installed (apt-get install -y iproute2 iptables)"
+                "`{tool}` is not installed (apt-get install -y iproute2 iptables nftables util-linux)"
             ));
         }
     }
