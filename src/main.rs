@@ -68,6 +68,10 @@ only its image.
   --drainDuration D            --drain-duration D
   --meshConfig FILE            --mesh-config FILE (default /etc/istio/config/mesh, if present)
   POD_NAMESPACE                --namespace
+  (sidecar)                    --capture: the pod's traffic arrives through `egret capture`'s
+                               (istio-init's) REDIRECT rules; ISTIO_META_INTERCEPTION_MODE=NONE:
+                               no capture (TPROXY is refused)
+  ISTIO_META_DNS_CAPTURE=true  --dns-capture (DNS proxy on 127.0.0.1:15053, VIPs auto-allocated)
   PROXY_CONFIG (YAML or JSON)  concurrency, drainDuration, statusPort, proxyAdminPort
   /etc/istio/pod/labels        --gateway-selector (router) and --workload-label, one per label:
                                a Gateway selects this pod when its selector is a subset

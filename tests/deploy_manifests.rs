@@ -313,9 +313,10 @@ fn secs(d: &str) -> f64 {
 }
 
 fn is_egret(c: &k8s_openapi::api::core::v1::Container) -> bool {
-    c.image
-        .as_deref()
-        .is_some_and(|i| i.rsplit('/').next().unwrap_or(i).starts_with("egret:"))
+    c.image.as_deref().is_some_and(|i| {
+        let name = i.rsplit('/').next().unwrap_or(i);
+        name.starts_with("egret:") || name.starts_with("egret-init:")
+    })
 }
 
 #[test]
@@ -754,11 +755,8 @@ fn every_egret_argument_list_passes_egret_check() {
     for (i, (file, dir, spec, c)) in egret_containers().into_iter().enumerate() {
         let args = c.args.clone().unwrap_or_default();
         if args.first().map(String::as_str) == Some("capture") {
-            println!(
-                "SKIPPED {file}: container {}: `egret capture` is issue 15, not implemented yet; \
-                 its argument list is not checked until it lands",
-                c.name
-            );
+            check_capture(&file, &spec, &c, &args);
+            checked += 1;
             continue;
         }
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -785,6 +783,85 @@ fn every_egret_argument_list_passes_egret_check() {
     assert!(
         checked >= 4,
         "expected the gateway, two sidecar pods' and the patched Deployment's egret containers, checked {checked}"
+    );
+}
+
+/// An init container's `egret capture` argument list: valid (its --dry-run succeeds and shows
+/// the rules), and consistent with the pod's egret container: the uid it exempts is the one
+/// egret runs as, the port it redirects to is egret's outbound listener, and DNS capture is
+/// on in both or neither.
+fn check_capture(
+    file: &str,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    init: &k8s_openapi::api::core::v1::Container,
+    args: &[String],
+) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let resolv = tmp.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.96.0.10\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_egret"))
+        .args(args)
+        .args(["--dry-run", "--resolv-conf"])
+        .arg(&resolv)
+        .output()
+        .expect("run egret capture --dry-run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{file}: init container {}: `egret {}` failed: {}",
+        init.name,
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("-A OUTPUT -p tcp -j EGRET_OUTPUT"),
+        "{stdout}"
+    );
+    let flag = |list: &[String], name: &str| -> Option<String> {
+        list.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix(&format!("{name}="))
+                .map(str::to_string)
+                .or_else(|| (a == name).then(|| list.get(i + 1).cloned()).flatten())
+        })
+    };
+    let proxy = spec
+        .containers
+        .iter()
+        .find(|c| is_egret(c))
+        .unwrap_or_else(|| panic!("{file}: an init container captures for no egret container"));
+    let run = proxy.args.clone().unwrap_or_default();
+    let uid = proxy
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_user)
+        .expect("egret's runAsUser");
+    assert_eq!(
+        flag(args, "--proxy-uid").unwrap_or_else(|| "1337".into()),
+        uid.to_string(),
+        "{file}: the uid `egret capture` exempts is the one egret runs as"
+    );
+    let outbound = flag(&run, "--outbound-listen").unwrap_or_else(|| "127.0.0.1:15001".into());
+    assert_eq!(
+        outbound.rsplit(':').next(),
+        Some(
+            flag(args, "--outbound-port")
+                .unwrap_or_else(|| "15001".into())
+                .as_str()
+        ),
+        "{file}: capture redirects to egret's outbound listener"
+    );
+    assert!(
+        run.iter().any(|a| a == "--capture" || a == "--dns-capture"),
+        "{file}: egret must run with --capture (or --dns-capture) behind capture rules"
+    );
+    assert_eq!(
+        args.iter().any(|a| a == "--dns-capture"),
+        run.iter().any(|a| a == "--dns-capture"),
+        "{file}: --dns-capture in both containers or neither"
+    );
+    println!(
+        "{file}: init container {}: egret capture --dry-run OK",
+        init.name
     );
 }
 

@@ -328,6 +328,7 @@ pub fn translate(
         consumed_env: BTreeSet::new(),
     };
     plan.role();
+    plan.capture()?;
     plan.namespace();
     plan.log_level()?;
     let pc = plan.proxy_config()?;
@@ -495,6 +496,52 @@ impl Plan<'_> {
             self.add("role", self.role);
         }
         self.used.push(format!("role {}", self.role));
+    }
+
+    /// A sidecar's traffic arrives through istio-init's (or `egret capture`'s) REDIRECT rules:
+    /// `--capture`, unless `ISTIO_META_INTERCEPTION_MODE=NONE`; `ISTIO_META_DNS_CAPTURE=true`
+    /// adds the DNS proxy (`--dns-capture`, with Istio's DNS auto-allocation of VIPs).
+    fn capture(&mut self) -> Result<(), String> {
+        if self.kind != "sidecar" {
+            return Ok(());
+        }
+        let mode = self
+            .getenv("ISTIO_META_INTERCEPTION_MODE")
+            .map(str::to_string);
+        self.consumed_env.insert("ISTIO_META_INTERCEPTION_MODE");
+        match mode.as_deref() {
+            Some("NONE") => {
+                self.used
+                    .push("no capture (ISTIO_META_INTERCEPTION_MODE=NONE)".into());
+                return Ok(());
+            }
+            None | Some("REDIRECT") => {}
+            Some(other) => {
+                return Err(format!(
+                    "proxy sidecar: ISTIO_META_INTERCEPTION_MODE={other}: egret captures with                      REDIRECT rules (`egret capture`, Istio's default) or not at all (NONE);                      TPROXY is not supported"
+                ));
+            }
+        }
+        let dns = self
+            .getenv("ISTIO_META_DNS_CAPTURE")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        self.consumed_env
+            .extend(["ISTIO_META_DNS_CAPTURE", "ISTIO_META_DNS_AUTO_ALLOCATE"]);
+        if dns {
+            if !self.given("dns-capture") {
+                self.out.push("--dns-capture".into());
+            }
+            self.used.push(
+                "transparent capture with the DNS proxy and VIP auto-allocation                  (ISTIO_META_DNS_CAPTURE=true)"
+                    .into(),
+            );
+        } else {
+            if !self.given("capture") && !self.given("dns-capture") {
+                self.out.push("--capture".into());
+            }
+            self.used.push("transparent capture (REDIRECT)".into());
+        }
+        Ok(())
     }
 
     /// `POD_NAMESPACE`, and `--domain NAMESPACE.svc.CLUSTER_DOMAIN` (kubelet expands

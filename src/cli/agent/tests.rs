@@ -22,6 +22,8 @@ fn flags() -> Vec<EgretFlag> {
         f("mesh-config", None, true),
         f("bind-port", None, true),
         f("no-tls-resumption", None, false),
+        f("capture", None, false),
+        f("dns-capture", None, false),
         f("help", Some('h'), false),
     ]
 }
@@ -351,4 +353,43 @@ fn unknown_flags_are_errors_with_a_suggestion_and_manifests_are_required() {
     )
     .expect_err("missing mesh config");
     assert!(e.contains("--meshConfig /etc/nope: no such file"), "{e}");
+}
+
+#[test]
+fn a_sidecar_is_captured_and_istio_dns_capture_turns_on_the_dns_proxy() {
+    let with = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut all = vec!["-c", "/etc/a.yaml"];
+        all.splice(0..0, args.iter().copied());
+        translate(&strings(&all), &env(vars), &flags())
+    };
+    let t = with(&["sidecar"], &[]).expect("translate");
+    assert!(t.args.iter().any(|a| a == "--capture"), "{:?}", t.args);
+    assert!(
+        t.notice.contains("transparent capture (REDIRECT)"),
+        "{}",
+        t.notice
+    );
+    let t = with(&["sidecar"], &[("ISTIO_META_DNS_CAPTURE", "true")]).expect("translate");
+    assert!(t.args.iter().any(|a| a == "--dns-capture"), "{:?}", t.args);
+    assert!(!t.args.iter().any(|a| a == "--capture"), "{:?}", t.args);
+    assert!(
+        !t.notice.contains("ignored env: ISTIO_META_DNS_CAPTURE"),
+        "{}",
+        t.notice
+    );
+    let t = with(&["sidecar"], &[("ISTIO_META_INTERCEPTION_MODE", "NONE")]).expect("translate");
+    assert!(
+        !t.args.iter().any(|a| a.contains("capture")),
+        "{:?}",
+        t.args
+    );
+    let e = with(&["sidecar"], &[("ISTIO_META_INTERCEPTION_MODE", "TPROXY")]).expect_err("tproxy");
+    assert!(e.contains("TPROXY is not supported"), "{e}");
+    // A gateway is not captured, whatever the variables say.
+    let t = with(&["router"], &[("ISTIO_META_DNS_CAPTURE", "true")]).expect("translate");
+    assert!(
+        !t.args.iter().any(|a| a.contains("capture")),
+        "{:?}",
+        t.args
+    );
 }
